@@ -1,0 +1,34 @@
+"""Shared helpers: the program under test is the one file at the top of the project."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "llmtrain.py")
+
+
+def load_llmtrain():
+    spec = importlib.util.spec_from_file_location("llmtrain", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def lt():
+    return load_llmtrain()
+
+
+def run_cli(*args, **kwargs):
+    """Run the real file in a subprocess; stdout is a pipe, so the plain log is printed."""
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)
+    env.update(kwargs.pop("env", {}))
+    python = kwargs.pop("python", sys.executable)
+    return subprocess.run([python, SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, timeout=kwargs.pop("timeout", 120),
+                          universal_newlines=True, **kwargs)
