@@ -941,6 +941,7 @@ class RunState(object):
         self.checkpoints = 0
         self.skipped = 0
         self.loss_scale = 65536.0
+        self.pacing_rng = random.Random(sc.seed)
 
     @property
     def eta(self):
@@ -964,9 +965,10 @@ class RunState(object):
         self.heat += (load - self.heat) * (1.0 - math.exp(-seconds / 8.0))
 
 
-def paced(lines, seconds, rng):
-    """Spread `seconds` over lines with bursts and pauses: most lines come quickly."""
-    weights = [rng.choice([0.2, 0.3, 0.5, 1.0, 1.0, 2.5]) for _ in lines]
+def paced(lines, seconds, pacing_rng):
+    """Spread `seconds` over lines with bursts and pauses: most lines come quickly.
+    Its own random stream, so a style with more or fewer lines draws the same numbers."""
+    weights = [pacing_rng.choice([0.2, 0.3, 0.5, 1.0, 1.0, 2.5]) for _ in lines]
     total = sum(weights)
     for item, weight in zip(lines, weights):
         yield item, seconds * weight / total
@@ -1094,7 +1096,7 @@ def init_phase(sc, state, rng):
             fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
             100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
     ]
-    for item, delay in paced(lines, sc.init_s, rng):
+    for item, delay in paced(lines, sc.init_s, state.pacing_rng):
         if item.text.startswith("Loading model"):
             state.mem_gib = state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora"
                                                 else sc.method, sc.strategy, sc.gpus, sc.tp,
@@ -1353,7 +1355,7 @@ def validation_phase(sc, state, seg, rng):
         bleu = max(5.0, 48.0 - 18.0 * float(loss_text)) + rng.uniform(-1, 1)
         rouge = max(0.2, 0.72 - 0.2 * float(loss_text)) + rng.uniform(-0.01, 0.01)
         lines.append(line("BLEU: %.2f  |  ROUGE-L: %.4f" % (bleu, rouge), "good", tag))
-    for item, delay in paced(lines, seg.validation_s, rng):
+    for item, delay in paced(lines, seg.validation_s, state.pacing_rng):
         state.warm_towards(0.85, delay)
         if item.text.startswith("Val Loss"):
             state.val_history.append((len(state.loss_history), float(loss_text)))
@@ -1403,7 +1405,7 @@ def checkpoint_phase(sc, state, seg, rng):
         lines.append(line("Checkpoint saved in %.2fs (%s at %.1f GB/s from %d node%s)" % (
             seconds, fmt_bytes(total), total / GB / seconds, writers,
             "" if writers == 1 else "s"), "good", tag))
-    for item, delay in paced(lines, seg.checkpoint_s, rng):
+    for item, delay in paced(lines, seg.checkpoint_s, state.pacing_rng):
         state.warm_towards(0.3, delay)
         if item.text.startswith("Checkpoint saved"):
             state.checkpoints += 1
@@ -1435,7 +1437,7 @@ def export_phase(sc, state, rng):
                           "info", tag))
     lines.append(line("Exported to %s/ (%s in %.1fs)" % (final, fmt_bytes(total), sc.export_s),
                       "good", tag))
-    for item, delay in paced(lines, sc.export_s, rng):
+    for item, delay in paced(lines, sc.export_s, state.pacing_rng):
         state.warm_towards(0.0, delay)
         yield item, delay
 
@@ -1475,6 +1477,7 @@ def summary_lines(sc, state, glyphs):
 def run_phases(sc, state, glyphs):
     """The whole run, phase by phase, as one stream of (line, delay)."""
     rng = random.Random(sc.seed * 7919 + 17)
+    state.pacing_rng = random.Random(sc.seed * 7919 + 18)
     for item in init_phase(sc, state, rng):
         yield item
     for seg in sc.segments:
@@ -1589,6 +1592,12 @@ class Pacer(object):
 
     def start_run(self):
         self.anchor = self.monotonic()
+
+    def run_clock(self, state):
+        """The run's clock as of now: during a wait, between the last line and the next."""
+        if self.instant:
+            return state.clock
+        return min(state.clock, (self.monotonic() - self.anchor) * self.speed)
 
     def check_exit(self):
         if self.exit_after is not None and self.monotonic() - self.started >= self.exit_after:
@@ -1832,6 +1841,7 @@ def main(argv=None):
     renderer = PlainRenderer(stream, wants_color(args.color, stream, os.environ),
                              redraw=stream.isatty())
     renderer.glyphs = pick_glyphs(stream)
+    renderer.pacer = pacer
     install_signal_handlers()
     status = EXIT_OK
     try:
