@@ -318,8 +318,8 @@ def parallel_layout(model, method, gpu, gpus, per_node):
         return 1, 1
     tp = 1
     pp = 1
-    while memory_gib(model, method, "", gpus, tp, pp, 1, 4096) > MEMORY_HEADROOM * \
-            gpu.capacity_gib:
+    while memory_gib(model, method, "", gpus, tp, pp, 1, pretraining_seq_len(model)) > \
+            MEMORY_HEADROOM * gpu.capacity_gib:
         if tp < min(8, per_node):
             tp *= 2
         elif pp < 32 and gpus % (tp * pp * 2) == 0:
@@ -331,6 +331,11 @@ def parallel_layout(model, method, gpu, gpus, per_node):
     return tp, pp
 
 
+def pretraining_seq_len(model):
+    """Llama 3 pretrains at 8K; the older families at 4K."""
+    return 8192 if model.vocab == 128256 else 4096
+
+
 def strategy_options(model, method, gpus):
     """Sharding strategies a sensible engineer would pick for this method."""
     if method == "pretrain":
@@ -339,9 +344,8 @@ def strategy_options(model, method, gpus):
         return ["single GPU"]
     if method == "full":
         return ["FSDP (FULL_SHARD)", "DeepSpeed ZeRO-3", "DeepSpeed ZeRO-2", "DDP"]
-    if method == "lora":
-        return ["DDP", "FSDP (FULL_SHARD)"]
-    return ["DDP"]
+    # FSDP shards the frozen (or 4-bit) base too: how 70B-405B adapters train on one node.
+    return ["DDP", "FSDP (FULL_SHARD)"]
 
 
 def best_micro_batch(model, method, strategy, gpu, gpus, tp, pp, seq_len):
@@ -483,6 +487,8 @@ def segment_updates(sc, first, last):
     step = first - 1
     while step < last:
         nxt = min(last, step + sc.log_every)
+        if last - nxt < sc.log_every:
+            nxt = last  # a short remainder joins the final update rather than stand alone
         updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
         step = nxt
     return updates
@@ -563,9 +569,36 @@ def smallest_cluster(model, gpu, pretrain):
 
 
 def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some"):
-    """Draw one whole run from the seed. Raises ScenarioError for impossible requests."""
-    rng = random.Random(seed)
+    """Draw one whole run from the seed. Raises ScenarioError for impossible requests.
 
+    What the user left open is redrawn until updates come at most a second apart; what
+    the user fixed is honoured even when its steps are slower than that."""
+    rng = random.Random(seed)
+    forced = model_name is not None and gpus is not None and gpu_key is not None
+    failure = None
+    for _ in range(16):
+        try:
+            sc = draw_scenario(rng, seed, model_name, gpus, gpu_key, humor)
+        except ScenarioError as error:
+            failure = error
+            continue
+        if forced or update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9:
+            return sc
+    if failure is not None and forced:
+        raise failure
+    return sc if failure is None else draw_scenario(rng, seed, model_name, gpus, gpu_key,
+                                                    humor)
+
+
+def update_seconds(sc):
+    """Seconds between two progress updates of this scenario."""
+    if sc.micro_updates > 1:
+        return sc.step_seconds / sc.micro_updates
+    return sc.step_seconds * sc.log_every
+
+
+def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
+    """One draw of GPU, cluster, model, method, data and schedule; may be impossible."""
     def funny(probability):
         return humor == "max" or (humor == "some" and rng.random() < probability)
 
@@ -785,7 +818,7 @@ def plan_pretraining(rng, sc):
     sc.schedule = "cosine"
     sc.peak_lr = model.lr
     sc.min_lr = model.lr / 10.0
-    set_throughput(sc, 8192 if model.vocab == 128256 else 4096)
+    set_throughput(sc, pretraining_seq_len(model))
     # The batch is the job's; on a cluster too small for it, fewer tokens per step.
     target_tokens = min(pretraining_batch_tokens(model), 8.0 * sc.cluster_tokens_per_s)
     set_batch(sc, target_tokens / sc.cluster_tokens_per_s, min_accum=sc.pp)
@@ -1139,7 +1172,7 @@ def progress_text(state, glyphs):
         "Grad Norm: %.3f" % state.grad_norm,
         "GPU Mem: %.1f/%.1f GB" % (state.mem_gib, sc.gpu.capacity_gib),
         "%s tok/s" % fmt_int(state.tokens_per_s),
-        "%s samples/s" % "{:,.1f}".format(state.tokens_per_s / sc.seq_len),
+        "%s samples/s" % "{:,.2f}".format(state.tokens_per_s / sc.seq_len),
         "ETA: %s" % fmt_eta(state.eta),
     ]
     return " | ".join(fields)
@@ -1182,6 +1215,8 @@ def train_phase(sc, state, seg, rng, glyphs):
         finishing = micro == 0 or micro == sc.micro_updates
         if not finishing:
             state.micro = micro
+            if state.loss is None:
+                continue  # nothing to report before the first optimizer step
             yield line(progress_text(state, glyphs), "progress", tag), 0.0
             continue
         done = step - state.step

@@ -1,0 +1,429 @@
+"""Issue 2: whole runs, driven without sleeping, checked against the invariants a watcher
+would check (realism.md section C). Each test covers dozens of seeds."""
+
+import math
+import re
+
+import pytest
+
+from conftest import load_llmtrain
+
+lt = load_llmtrain()
+
+SEEDS = list(range(60))
+
+PROGRESS = re.compile(
+    r"Epoch (?P<epoch>\d+)/(?P<epochs>\d+) \[[^\]]*\] (?P<pct>[\d.]+)%  "
+    r"Step (?P<step>\d+)/(?P<steps>\d+)(?: \(micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
+    r" \| Loss: (?P<loss>[\d.]+) \| LR: (?P<lr>[\d.e+-]+) \| Grad Norm: (?P<gn>[\d.]+)"
+    r" \| GPU Mem: (?P<used>[\d.]+)/(?P<total>[\d.]+) GB \| (?P<tps>[\d,]+) tok/s"
+    r" \| (?P<sps>[\d,.]+) samples/s \| ETA: (?P<eta>[\d:]+)$")
+FOUND = re.compile(r"Found (\d+) (.+) GPUs across (\d+) nodes?$")
+BATCH = re.compile(r"Batch: ([\d,]+) \(global\), (\d+) \(per GPU\)$")
+ACCUM = re.compile(r"Gradient accumulation: (\d+) steps?, ([\d,]+) tokens per optimizer step$")
+OPTIMIZER = re.compile(r"Optimizer: AdamW, peak LR ([\d.e+-]+), warmup ([\d,]+) steps, "
+                       r"(cosine|linear) decay to ([\d.e+-]+)$")
+EPOCHS = re.compile(r"Epochs: (\d+), steps per epoch: ([\d,]+), total steps: ([\d,]+)$")
+VAL = re.compile(r"Val Loss: ([\d.]+)  \|  Val PPL: ([\d.]+)  \|  Accuracy: ([\d.]+)%$")
+SPIKE = re.compile(r"Loss spike at step ([\d,]+): .*reducing LR by 50%")
+CKPT_SAVED = re.compile(r"Checkpoint saved in ([\d.]+)s")
+PRODUCT_NAMES = {"NVIDIA A100-SXM4-40GB", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3",
+                 "NVIDIA H200", "NVIDIA B200", "AMD Instinct MI300X"}
+
+
+class Recorder(object):
+    """A renderer that keeps (clock, line) pairs instead of printing."""
+
+    glyphs = None
+
+    def __init__(self):
+        self.lines = []
+        self.idled = 0.0
+
+    def emit(self, item, state):
+        self.lines.append((state.clock, item))
+
+    def idle(self, seconds):
+        self.idled += seconds
+
+    def end_run(self, state):
+        pass
+
+
+def record(seed, **options):
+    """One whole run through the real driver, instantly."""
+    sc = lt.build_scenario(seed, **options)
+    state = lt.RunState(sc)
+    recorder = Recorder()
+    pacer = lt.Pacer(instant=True)
+    lt.drive(lt.run_phases(sc, state, lt.UNICODE_GLYPHS), state, recorder, pacer)
+    return sc, state, recorder.lines
+
+
+def texts(lines):
+    return [item.text for _, item in lines]
+
+
+def find(lines, pattern):
+    for text in texts(lines):
+        match = pattern.search(text)
+        if match:
+            return match
+    raise AssertionError("no line matches %s" % pattern.pattern)
+
+
+def progress(lines):
+    rows = []
+    for clock, item in lines:
+        match = PROGRESS.search(item.text)
+        if match:
+            rows.append((clock, match))
+    return rows
+
+
+def number(text):
+    return float(text.replace(",", ""))
+
+
+def parse_hms(text):
+    days = 0
+    if "d " in text:
+        day_text, text = text.split("d ")
+        days = int(day_text)
+    parts = [int(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+RUNS = {}
+
+
+def run_of(seed):
+    if seed not in RUNS:
+        RUNS[seed] = record(seed)
+    return RUNS[seed]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_run_length_and_phase_pacing(seed):
+    sc, state, lines = run_of(seed)
+    # 2-4 minutes at --speed 1, made of the phases the reference paces.
+    assert 120 <= state.clock <= 240
+    assert 5 <= sc.init_s <= 10 and 5 <= sc.export_s <= 10
+    for seg in sc.segments:
+        assert 5 <= seg.validation_s <= 10
+        assert 3 <= seg.checkpoint_s <= 5
+        training = sum(update[2] for update in seg.updates)
+        assert 30 * 0.9 <= training <= 60 * 1.1
+    ready = [clock for clock, item in lines if item.text == "Ready to train!"]
+    assert len(ready) == 1 and 5 <= ready[0] <= 10
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_updates_come_every_third_of_a_second_to_a_second(seed):
+    sc, state, lines = run_of(seed)
+    gaps = []
+    last = None
+    for clock, item in lines:
+        if item.kind in ("warn", "error", "phase"):
+            last = None  # events and phase changes are pauses of their own
+        elif PROGRESS.search(item.text):
+            if last is not None:
+                gaps.append(clock - last)
+            last = clock
+    assert gaps
+    assert all(0.29 <= gap <= 1.01 for gap in gaps), (min(gaps), max(gaps))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_progress_never_goes_backwards(seed):
+    sc, state, lines = run_of(seed)
+    previous = (0, 0, 0.0)
+    for _, match in progress(lines):
+        current = (int(match.group("epoch")), int(match.group("step")),
+                   float(match.group("pct")))
+        assert current >= previous
+        assert int(match.group("steps")) == sc.steps_per_epoch
+        assert int(match.group("epochs")) == sc.epochs
+        assert 0 <= current[2] <= 100
+        previous = current
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lr_follows_the_announced_schedule(seed):
+    sc, state, lines = run_of(seed)
+    peak, warmup, schedule, floor = find(lines, OPTIMIZER).groups()
+    peak, warmup, floor = float(peak), number(warmup), float(floor)
+    total = number(find(lines, EPOCHS).group(3))
+    spikes = [number(m.group(1)) for m in (SPIKE.search(t) for t in texts(lines)) if m]
+    last_lr = None
+    for _, match in progress(lines):
+        if match.group("micro"):
+            continue
+        step = (int(match.group("epoch")) - 1) * sc.steps_per_epoch + int(match.group("step"))
+        if step <= warmup:
+            expected = peak * step / warmup
+        else:
+            fraction = min(1.0, (step - warmup) / (total - warmup))
+            shape = 0.5 * (1 + math.cos(math.pi * fraction)) if schedule == "cosine" \
+                else 1 - fraction
+            expected = floor + (peak - floor) * shape
+        expected *= 0.5 ** len([s for s in spikes if s < step])
+        shown = float(match.group("lr"))
+        assert shown == pytest.approx(expected, rel=6e-4, abs=1e-12)
+        if last_lr is not None and step > warmup + 1:
+            assert shown <= last_lr * (1 + 1e-3)
+        last_lr = shown
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_loss_starts_where_that_kind_of_run_starts_and_falls(seed):
+    sc, state, lines = run_of(seed)
+    losses = [float(m.group("loss")) for _, m in progress(lines) if not m.group("micro")]
+    assert len(losses) >= 4
+    first = losses[0]
+    if sc.loss_curve == "sft" and sc.first_step == 1:
+        assert 1.3 <= first <= 2.7
+    elif sc.loss_curve == "fresh":
+        assert math.log(sc.model.vocab) <= first <= math.log(sc.model.vocab) + 1.2
+    else:
+        assert 1.0 <= first <= 3.5
+    if sc.first_step == 1:
+        head = losses[:max(2, len(losses) // 5)]
+        tail = losses[-max(2, len(losses) // 5):]
+        assert sum(tail) / len(tail) < sum(head) / len(head) - 0.1
+    else:
+        # The tail of a long job: flat within noise, apart from a spike that decays.
+        spikes = [number(m.group(1)) for m in (SPIKE.search(t) for t in texts(lines)) if m]
+        calm = [float(m.group("loss")) for _, m in progress(lines) if not m.group("micro")
+                and not spikes]
+        if calm:
+            assert max(calm) - min(calm) < 8 * sc.noise + 0.05
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_throughput_batch_and_step_time_add_up(seed):
+    sc, state, lines = run_of(seed)
+    global_batch, per_gpu = (number(g) for g in find(lines, BATCH).groups())
+    accum, tokens_per_step = (number(g) for g in find(lines, ACCUM).groups())
+    seq_len = number(re.search(r"Sequence length: (\d+)", "\n".join(texts(lines))).group(1))
+    assert global_batch == per_gpu * accum * sc.dp
+    assert tokens_per_step == global_batch * seq_len
+    rows = [(clock, m) for clock, m in progress(lines) if not m.group("micro")]
+    for clock, match in rows:
+        tps = number(match.group("tps"))
+        sps = number(match.group("sps"))
+        # A sample is one packed sequence: tok/s over samples/s is the sequence length.
+        assert tps / sps == pytest.approx(seq_len, rel=0.003 + 0.006 / sps)
+        assert tps == pytest.approx(sc.cluster_tokens_per_s, rel=0.01)
+    # Consecutive updates are as far apart as their tokens take at that throughput.
+    for (c0, m0), (c1, m1) in zip(rows, rows[1:]):
+        if m0.group("epoch") != m1.group("epoch"):
+            continue
+        steps = int(m1.group("step")) - int(m0.group("step"))
+        seconds = c1 - c0
+        expected = steps * tokens_per_step / number(m1.group("tps"))
+        assert seconds >= expected * 0.985
+    # Model FLOP utilisation stays in the plausible band for the GPU.
+    mfu = sc.flops_per_token * sc.cluster_tokens_per_s / sc.gpus / sc.gpu.peak_flops
+    assert 0.1 <= mfu <= (0.55 if sc.gpu.key.startswith("a100") else 0.5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_model_fits_and_memory_is_steady(seed):
+    sc, state, lines = run_of(seed)
+    rows = progress(lines)
+    used = [float(m.group("used")) for _, m in rows]
+    total = float(rows[0][1].group("total"))
+    assert total == pytest.approx(sc.gpu.capacity_gib, abs=0.05)
+    assert max(used) < total
+    # Steady after the first optimizer step, identical on every data-parallel rank.
+    assert len(set(used[2:])) == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_eta_counts_down_with_the_clock(seed):
+    sc, state, lines = run_of(seed)
+    ends = [clock + parse_hms(m.group("eta")) for clock, m in progress(lines)]
+    assert max(ends) - min(ends) <= 1.5
+    # ...and reaches zero as the training loop ends, before export starts.
+    export_start = next(clock for clock, item in lines if item.text.startswith("Converting"))
+    assert abs(export_start - ends[-1]) <= 1.5
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_validation_and_summary_agree_with_what_was_shown(seed):
+    sc, state, lines = run_of(seed)
+    all_text = texts(lines)
+    vals = [VAL.search(t) for t in all_text if VAL.search(t)]
+    assert len(vals) == len(sc.segments)
+    for match in vals:
+        assert float(match.group(2)) == pytest.approx(math.exp(float(match.group(1))),
+                                                      abs=0.006)
+    losses = [m.group("loss") for _, m in progress(lines)]
+    summary = "\n".join(t for _, item in lines if item.kind == "box" for t in [item.text])
+    final = re.search(r"Final loss:\s+([\d.]+)", summary).group(1)
+    assert final == losses[-1]
+    ppl = float(re.search(r"Final PPL:\s+([\d.]+)", summary).group(1))
+    assert ppl == pytest.approx(math.exp(float(final)), abs=0.006)
+    saved = [t for t in all_text if CKPT_SAVED.search(t)]
+    assert re.search(r"Checkpoints: (\d+) saved", summary).group(1) == str(len(saved))
+    total = re.search(r"Total time:\s+(\S+(?: \S+)?)", summary).group(1)
+    session = re.search(r"this session ([\d:]+)", summary)
+    assert parse_hms(session.group(1) if session else total) == int(state.clock)
+    if session:
+        assert parse_hms(total) == int(sc.resumed_seconds + state.clock)
+    tokens = number(re.search(r"Tokens trained:\s+([\d,]+)", summary).group(1))
+    assert tokens == sc.session_steps * sc.tokens_per_step
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cluster_model_and_data_lines_use_real_facts(seed):
+    sc, state, lines = run_of(seed)
+    gpus, name, nodes = find(lines, FOUND).groups()
+    assert name in PRODUCT_NAMES
+    assert int(gpus) == sc.gpus and int(nodes) * sc.per_node == sc.gpus
+    size = number(re.search(r"Model size: ([\d,]+) parameters", "\n".join(texts(lines)))
+                  .group(1))
+    listed = {m.name: m.params for m in lt.MODELS}
+    if sc.model.name in listed:
+        assert size == listed[sc.model.name]
+    assert find(lines, re.compile(r"Loading model: (.+)$")).group(1) == sc.model.name
+    assert re.search(r"Dataset: \S+ \([\d,.]+[TB]? (examples|tokens)\)", "\n".join(
+        texts(lines)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_checkpoints_and_export_follow_bytes_per_parameter(seed):
+    sc, state, lines = run_of(seed)
+    all_text = "\n".join(texts(lines))
+    model_gb = float(re.search(r"Model state: ([\d.]+) GB|Model state: ([\d.]+) MB",
+                               all_text).group(1) or 0)
+    if sc.method in ("full", "pretrain"):
+        assert model_gb == pytest.approx(2 * sc.model.params / 1e9, abs=0.006)
+    shard_marks = re.findall(r"Writing shards (\d+)/(\d+)", all_text)
+    assert shard_marks and all(done == total for done, total in shard_marks[3::4])
+    for seconds in CKPT_SAVED.findall(all_text):
+        assert float(seconds) <= 5.0
+    names = re.findall(r"Writing (\S+\.safetensors) \[(\d+)/(\d+)\]", all_text)
+    assert names
+    count = int(names[-1][2])
+    if sc.method in ("full", "pretrain"):
+        assert count == math.ceil(2 * sc.model.params / 5e9)
+        if count > 1:
+            assert names[-1][0] == "model-%05d-of-%05d.safetensors" % (count, count)
+    else:
+        assert names[-1][0] == "adapter_model.safetensors"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rare_events_are_rare_and_the_run_goes_on(seed):
+    sc, state, lines = run_of(seed)
+    kinds = [item.kind for _, item in lines]
+    alarming = [k for k in kinds if k in ("warn", "error")]
+    assert len(alarming) < 0.05 * len(kinds)
+    last_event = max([i for i, k in enumerate(kinds) if k in ("warn", "error")] or [0])
+    assert "progress" in kinds[last_event:] or last_event == 0
+
+
+def test_events_of_every_kind_occur_across_seeds():
+    seen = set()
+    for seed in range(200):
+        sc = lt.build_scenario(seed)
+        seen.update(event.kind for event in sc.events)
+    assert {"spike", "nan", "oom", "nccl", "overflow"} <= seen
+
+
+@pytest.mark.parametrize("options", [
+    {"model_name": "Llama-3.1-405B", "gpus": 8, "gpu_key": "a100"},
+    {"model_name": "Llama-3.1-8B", "gpus": 1, "gpu_key": "a100-40g"},
+    {"model_name": "gpt-2-xl", "gpus": 4096, "gpu_key": "h100"},
+    {"model_name": "Mixtral-8x7B", "gpus": 64, "gpu_key": "mi300x"},
+    {"model_name": "acme-13B", "gpus": 16, "gpu_key": "b200"},
+    {"model_name": "Llama-3.1-70B", "gpus": 512, "gpu_key": "h200"},
+])
+def test_forced_scenarios_still_fit_and_add_up(options):
+    for seed in range(5):
+        sc, state, lines = record(seed, **options)
+        assert sc.memory_gib < sc.gpu.capacity_gib
+        assert 30 <= state.clock <= 300
+        if options["model_name"] == "Llama-3.1-405B":
+            assert sc.method == "qlora"  # 405B on 8 A100s is a QLoRA run
+        if options["gpus"] >= 256:
+            assert sc.method == "pretrain" and sc.first_step > 1
+        assert sc.gpus == options["gpus"]
+        assert progress(lines)
+
+
+def test_mixture_of_experts_shows_active_parameters():
+    sc, state, lines = record(3, model_name="Mixtral-8x7B", gpus=64, gpu_key="h100")
+    assert "Model size: 46,702,792,704 parameters (12,879,925,248 active)" in texts(lines)
+    assert sc.flops_per_token < 6 * 20e9
+
+
+def test_custom_model_size_is_read_from_its_name():
+    model = lt.find_model("acme-13B")
+    assert abs(model.params - 13e9) / 13e9 < 0.03
+    assert lt.find_model("LLAMA-3.1-8b").name == "Llama-3.1-8B"
+    with pytest.raises(lt.ScenarioError):
+        lt.find_model("no-size-here")
+
+
+def test_llama_parameter_formula_matches_published_count():
+    assert lt.llama_params(128256, 32, 4096, 8, 128, 14336) == 8030261248
+    assert lt.llama_params(128256, 80, 8192, 8, 128, 28672) == 70553706496
+    assert lt.lora_params(lt.find_model("Llama-3.1-8B"), 16) == 41943040
+
+
+def test_same_seed_same_run_and_seeds_differ():
+    first = texts(record(11)[2])
+    assert first == texts(record(11)[2])
+    assert first != texts(record(12)[2])
+
+
+def test_humor_off_never_funny_and_max_always():
+    funny_models = set(lt.FUNNY_MODEL_NAMES)
+    funny_data = {d.name for d in lt.FUNNY_DATASETS}
+    for seed in range(80):
+        sc = lt.build_scenario(seed, humor="off")
+        assert sc.model.name not in funny_models and sc.dataset.name not in funny_data
+        assert not any(root.split("{")[0] in sc.checkpoint_root
+                       for root in lt.FUNNY_CHECKPOINT_DIRS)
+        sc = lt.build_scenario(seed, humor="max")
+        assert sc.model.name in funny_models
+
+
+def test_pacer_keeps_wall_time_at_the_requested_speed():
+    """With a fake clock: each wait ends when run clock / speed has passed, never drifting."""
+    now = [100.0]
+
+    def monotonic():
+        return now[0]
+
+    def idle(seconds):
+        now[0] += seconds
+
+    for speed in (1.0, 4.0, 0.5):
+        pacer = lt.Pacer(speed=speed, monotonic=monotonic)
+        pacer.start_run()
+        start = now[0]
+        state = lt.RunState(lt.build_scenario(5))
+        for delay in [0.4, 0.0, 1.3, 0.7, 2.25] * 20:
+            pacer.advance(state, delay, idle)
+            assert now[0] - start == pytest.approx(state.clock / speed, abs=1e-9)
+
+
+def test_exit_after_stops_on_the_wall_clock():
+    now = [0.0]
+    pacer = lt.Pacer(speed=1.0, exit_after=90.0, monotonic=lambda: now[0])
+    pacer.start_run()
+    state = lt.RunState(lt.build_scenario(5))
+
+    def idle(seconds):
+        now[0] += seconds
+
+    with pytest.raises(lt.ExitAfter):
+        for _ in range(1000):
+            pacer.advance(state, 1.0, idle)
+    assert now[0] == pytest.approx(90.0, abs=0.3)
