@@ -1,0 +1,203 @@
+"""Issue 2: the command line as people use it - a subprocess with pipes, signals, bad input,
+every Python on the machine."""
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import ROOT, SCRIPT, run_cli
+
+STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ", re.M)
+
+
+def without_timestamps(text):
+    return STAMP.sub("[T] ", text)
+
+
+def interpreters():
+    """Every CPython 3.6+ that pyenv has here (the tests themselves run on python3)."""
+    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout.strip() if _has("pyenv") else ""
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3"))):
+        found.append(path)
+    return found
+
+
+def _has(command):
+    return any(os.access(os.path.join(d, command), os.X_OK)
+               for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--speed", "0"], "--speed"),
+    (["--speed", "-2"], "--speed"),
+    (["--speed", "nan"], "--speed"),
+    (["--speed", "inf"], "--speed"),
+    (["--speed", "fast"], "--speed"),
+    (["--gpus", "0"], "--gpus"),
+    (["--gpus", "4097"], "--gpus"),
+    (["--gpus", "eight"], "--gpus"),
+    (["--gpu", "v100"], "--gpu"),
+    (["--runs", "0"], "--runs"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "x"], "--seed"),
+    (["--exit-after", "soon"], "--exit-after"),
+    (["--exit-after", "0s"], "--exit-after"),
+    (["--humor", "lots"], "--humor"),
+    (["--color", "sometimes"], "--color"),
+    (["--model", "no-size-here"], "--model"),
+    (["--bogus"], "unrecognized"),
+    (["--model", "Llama-3.1-405B", "--gpus", "1", "--gpu", "a100-40g"], "does not fit"),
+])
+def test_bad_input_is_a_one_line_usage_error(argv, needle):
+    result = run_cli(*(argv + ["--plain", "--instant", "--runs", "1"]))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_same_seed_same_output_timestamps_aside():
+    first = run_cli("--plain", "--instant", "--runs", "2", "--seed", "42")
+    second = run_cli("--plain", "--instant", "--runs", "2", "--seed", "42")
+    assert first.returncode == second.returncode == 0
+    assert without_timestamps(first.stdout) == without_timestamps(second.stdout)
+    assert first.stdout.count("Training complete") == 2
+
+
+def test_identical_output_on_every_python_here():
+    pythons = interpreters()
+    if len(pythons) < 2:
+        pytest.skip("only one interpreter on this machine")
+    outputs = {}
+    for python in pythons:
+        for seed in (3, 17, 99):
+            result = run_cli("--plain", "--instant", "--runs", "1", "--seed", seed,
+                             "--color", "never", python=python)
+            assert result.returncode == 0, (python, result.stderr)
+            outputs.setdefault(seed, {})[python] = without_timestamps(result.stdout)
+    for seed, by_python in outputs.items():
+        reference = by_python[pythons[-1]]
+        for python, text in by_python.items():
+            assert text == reference, "%s differs from %s for seed %d" % (
+                python, pythons[-1], seed)
+
+
+def test_list_models_and_version():
+    result = run_cli("--list-models")
+    assert result.returncode == 0
+    assert "Llama-3.1-8B" in result.stdout and "8,030,261,248" in result.stdout
+    result = run_cli("--version")
+    assert result.returncode == 0 and re.match(r"llmtrain \d+\.\d+\.\d+", result.stdout)
+
+
+def test_custom_and_case_insensitive_models_run():
+    result = run_cli("--plain", "--instant", "--runs", "1", "--seed", "4",
+                     "--model", "acme-13B", "--gpus", "16")
+    assert result.returncode == 0
+    size = int(re.search(r"Model size: ([\d,]+) parameters", result.stdout).group(1)
+               .replace(",", ""))
+    assert abs(size - 13e9) / 13e9 < 0.03
+    assert "Found 16 " in result.stdout
+    result = run_cli("--plain", "--instant", "--runs", "1", "--seed", "4",
+                     "--model", "mixtral-8X7b")
+    assert "Loading model: Mixtral-8x7B" in result.stdout
+
+
+def test_piped_into_head_ends_quietly():
+    command = "%s %s --plain --speed 1000 | head -n 5" % (sys.executable, SCRIPT)
+    result = subprocess.run(["sh", "-c", command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.stdout.count("\n") == 5
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                            (signal.SIGHUP, 129)])
+def test_signals_end_quietly_with_128_plus_signal(signum, status):
+    process = subprocess.Popen([sys.executable, SCRIPT, "--plain", "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True)
+    first = process.stdout.readline()  # it is running once it has printed
+    assert "Initializing" in first
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == status
+    assert "Traceback" not in err and err == ""
+
+
+def test_runs_and_exit_after_end_with_status_zero():
+    result = run_cli("--plain", "--instant", "--runs", "3", "--seed", "8")
+    assert result.returncode == 0 and result.stdout.count("Training complete") == 3
+    start = time.monotonic()
+    result = run_cli("--plain", "--speed", "1", "--exit-after", "1s", "--seed", "8")
+    assert result.returncode == 0 and result.stderr == ""
+    assert time.monotonic() - start < 30
+    assert "Initializing" in result.stdout
+
+
+def test_color_follows_the_flag_and_no_color():
+    always = run_cli("--plain", "--instant", "--runs", "1", "--seed", "2", "--color", "always")
+    assert "\x1b[35m[" in always.stdout  # timestamps magenta
+    never = run_cli("--plain", "--instant", "--runs", "1", "--seed", "2", "--color", "never")
+    assert "\x1b" not in never.stdout
+    auto = run_cli("--plain", "--instant", "--runs", "1", "--seed", "2")
+    assert "\x1b" not in auto.stdout  # stdout is a pipe
+    no_color = run_cli("--plain", "--instant", "--runs", "1", "--seed", "2",
+                       env={"NO_COLOR": "1"})
+    assert "\x1b" not in no_color.stdout
+
+
+def test_ascii_when_the_output_cannot_encode_unicode():
+    result = run_cli("--plain", "--instant", "--runs", "1", "--seed", "2",
+                     env={"PYTHONIOENCODING": "ascii", "LC_ALL": "C"})
+    assert result.returncode == 0 and result.stderr == ""
+    assert re.search(r"\[#+[-.:= ]*\] ", result.stdout)
+
+
+def test_nothing_is_written_to_disk():
+    with tempfile.TemporaryDirectory() as workdir:
+        before = set(os.listdir(ROOT))
+        result = subprocess.run([sys.executable, SCRIPT, "--plain", "--instant", "--runs", "2",
+                                 "--humor", "max"], cwd=workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, timeout=60,
+                                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+        assert result.returncode == 0
+        assert os.listdir(workdir) == []
+        assert set(os.listdir(ROOT)) == before
+
+
+def test_no_socket_no_file_no_hardware_in_process(monkeypatch):
+    """Run main() with the dangerous doors nailed shut."""
+    import builtins
+    import socket
+    from conftest import load_llmtrain
+    lt = load_llmtrain()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("llmtrain must not open %r" % (args,))
+
+    real_open = builtins.open
+
+    def read_only_open(path, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+") or str(path).startswith(("/dev/nvidia",
+                                                                          "/proc/driver")):
+            refuse(path, mode)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    monkeypatch.setattr(lt, "install_signal_handlers", lambda: None)
+    monkeypatch.setattr(lt, "ignore_signals", lambda: None)
+    for seed in range(5):
+        assert lt.main(["--plain", "--instant", "--runs", "1", "--seed", str(seed),
+                        "--color", "never"]) == 0
