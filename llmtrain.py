@@ -636,7 +636,7 @@ def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
     method, strategy, (tp, pp) = picked
     nodes, per_node = cluster_shape(gpu_count)
     if method == "pretrain":
-        strategy = "Megatron 3D parallel (TP=%d, PP=%d, DP=%d), distributed optimizer" % (
+        strategy = "Megatron-LM (TP=%d, PP=%d, DP=%d), distributed optimizer" % (
             tp, pp, gpu_count // (tp * pp))
     sc = Scenario(seed=seed, gpu=gpu, gpus=gpu_count, nodes=nodes, per_node=per_node,
                   model=model, method=method, strategy=strategy, tp=tp, pp=pp,
@@ -1158,7 +1158,8 @@ def progress_text(state, glyphs):
         in_epoch_done = in_epoch + state.micro / float(sc.micro_updates)
     else:
         in_epoch_done = in_epoch
-    pct = 100.0 * in_epoch_done / sc.steps_per_epoch
+    # Rounded down, so 100.0% means done and not "almost done" at the tail of a long job.
+    pct = math.floor(1000.0 * in_epoch_done / sc.steps_per_epoch) / 10.0
     step_text = "Step %d/%d" % (in_epoch, sc.steps_per_epoch)
     if state.micro and state.micro < sc.micro_updates:
         step_text += " (micro-batch %d/%d)" % (state.micro * sc.grad_accum // sc.micro_updates,
@@ -1202,10 +1203,17 @@ def train_phase(sc, state, seg, rng, glyphs):
     for event in sc.events:
         events.setdefault(event.step, []).append(event)
     epoch_started = sc.epoch_of(seg.first_step)
-    if seg.first_step == (epoch_started - 1) * sc.steps_per_epoch + 1 or seg.index == 0:
+    epoch_first = (epoch_started - 1) * sc.steps_per_epoch + 1
+    if seg.first_step == epoch_first:
         state.epoch = epoch_started
         yield line("Epoch %d/%d: %s steps of %s tokens" % (
             state.epoch, sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.tokens_per_step)),
+            "phase", tag), 0.0
+    elif seg.index == 0:
+        state.epoch = epoch_started
+        yield line("Epoch %d/%d resumed at step %s of %s (%s steps to go)" % (
+            state.epoch, sc.epochs, fmt_int(seg.first_step - epoch_first + 1),
+            fmt_int(sc.steps_per_epoch), fmt_int(sc.last_step - seg.first_step + 1)),
             "phase", tag), 0.0
     next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
     next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.4, 1.0)
