@@ -1056,21 +1056,29 @@ def init_phase(sc, state, rng):
     host, address = master_address(sc)
     coll = stack["collective"]
     model = sc.model
-    lines = [
-        line("Initializing distributed environment (torchrun, rdzv_backend=c10d, "
-             "torch %s)" % stack["torch"], "phase", tag),
-        line("%s backend: %s version %s+%s%s, %d GPUs across %d node%s" % (
-            coll, coll, stack["nccl"], stack["runtime"].lower(), stack["cuda"], sc.gpus,
-            sc.nodes, "" if sc.nodes == 1 else "s"), tag=tag),
-        line("Master node: %s (%s), port %d, world size %d" % (
-            host, address, sc.master_port, sc.gpus), tag=tag),
-        line("%s algorithm: %s, %d channels, %s" % (
-            coll, "Ring + Tree" if sc.nodes > 1 else "Ring", 32 if sc.nodes > 1 else 16,
-            "NET/IB with GPUDirect RDMA" if sc.nodes > 1 else "P2P over NVLink"
-            if sc.gpu.vendor == "nvidia" else "P2P over Infinity Fabric"), tag=tag),
-        line("Found %d %s GPUs across %d node%s" % (sc.gpus, sc.gpu.name, sc.nodes,
-                                                    "" if sc.nodes == 1 else "s"), "good", tag),
-    ]
+    found = line("Found %d %s GPU%s across %d node%s" % (
+        sc.gpus, sc.gpu.name, "" if sc.gpus == 1 else "s", sc.nodes,
+        "" if sc.nodes == 1 else "s"), "good", tag)
+    if sc.gpus == 1:
+        # One GPU needs no process group: no rendezvous, no collectives.
+        lines = [line("Single-process training on %s:0 (torch %s, no process group)" % (
+            "cuda" if sc.gpu.vendor == "nvidia" else "cuda (ROCm/HIP)", stack["torch"]),
+            "phase", tag), found]
+    else:
+        lines = [
+            line("Initializing distributed environment (torchrun, rdzv_backend=c10d, "
+                 "torch %s)" % stack["torch"], "phase", tag),
+            line("%s backend: %s version %s+%s%s, %d GPUs across %d node%s" % (
+                coll, coll, stack["nccl"], stack["runtime"].lower(), stack["cuda"], sc.gpus,
+                sc.nodes, "" if sc.nodes == 1 else "s"), tag=tag),
+            line("Master node: %s (%s), port %d, world size %d" % (
+                host, address, sc.master_port, sc.gpus), tag=tag),
+            line("%s algorithm: %s, %d channels, %s" % (
+                coll, "Ring + Tree" if sc.nodes > 1 else "Ring", 32 if sc.nodes > 1 else 16,
+                "NET/IB with GPUDirect RDMA" if sc.nodes > 1 else "P2P over NVLink"
+                if sc.gpu.vendor == "nvidia" else "P2P over Infinity Fabric"), tag=tag),
+            found,
+        ]
     if sc.resumed_seconds:
         lines.append(line("Resuming from %s (step %s, %s of training so far)" % (
             checkpoint_path(sc, sc.first_step - 1, sc.epoch_of(sc.first_step)),
@@ -1247,7 +1255,7 @@ def train_phase(sc, state, seg, rng, glyphs):
         for event in step_events:
             for item, delay in event_lines(sc, state, event, rng):
                 yield item, delay
-        if state.clock >= next_nccl:
+        if state.clock >= next_nccl and sc.gpus > 1:
             next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.7, 1.3)
             yield nccl_line(sc, rng), 0.0
         if state.clock >= next_grid:
@@ -1376,8 +1384,8 @@ def validation_phase(sc, state, seg, rng):
         fit = int(seg.validation_s * 0.5 * forward_tokens_per_s / sc.seq_len)
         samples = max(8, min(sc.val_samples, fit))
         batches = int(math.ceil(samples / float(sc.micro_batch * sc.dp)))
-        header = "Running validation: %s samples, %d batches of %d" % (
-            fmt_int(samples), batches, sc.micro_batch * sc.dp)
+        header = "Running validation: %s samples, %d batch%s of %d" % (
+            fmt_int(samples), batches, "" if batches == 1 else "es", sc.micro_batch * sc.dp)
     else:
         iters = max(1, int(seg.validation_s * 0.6 * forward_tokens_per_s
                            / sc.tokens_per_step))
