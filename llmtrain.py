@@ -374,10 +374,6 @@ class Scenario(object):
         return self.tokens_per_step / float(self.cluster_tokens_per_s)
 
     @property
-    def samples_per_s(self):
-        return self.cluster_tokens_per_s / float(self.seq_len)
-
-    @property
     def tflops_per_gpu(self):
         return self.flops_per_token * self.cluster_tokens_per_s / self.gpus / 1e12
 
@@ -693,8 +689,8 @@ def set_batch(sc, target_step_s, min_accum=1):
     sc.micro_batch = best_micro_batch(sc.model, sc.method, sc.strategy, sc.gpu, sc.gpus,
                                       sc.tp, sc.pp, sc.seq_len)
     if sc.micro_batch == 0:
-        raise ScenarioError("%s does not fit at sequence length %d" % (sc.model.name,
-                                                                        sc.seq_len))
+        raise ScenarioError("%s does not fit at sequence length %d" % (
+            sc.model.name, sc.seq_len))
     micro_step_s = sc.dp * sc.seq_len / float(sc.cluster_tokens_per_s)
     while sc.micro_batch > 1 and sc.micro_batch * min_accum * micro_step_s > target_step_s:
         sc.micro_batch //= 2
@@ -1613,8 +1609,8 @@ class PlainRenderer(object):
 def pick_glyphs(stream):
     """Unicode glyphs where the stream can encode them, ASCII otherwise."""
     encoding = getattr(stream, "encoding", None) or "ascii"
-    sample = "".join(UNICODE_GLYPHS[k] for k in ("full", "empty", "partial", "hline",
-                                                   "corners", "spark"))
+    sample = "".join(UNICODE_GLYPHS[key] for key in (
+        "full", "empty", "partial", "hline", "corners", "spark"))
     try:
         sample.encode(encoding)
     except (UnicodeEncodeError, LookupError):

@@ -188,8 +188,8 @@ def test_no_socket_no_file_no_hardware_in_process(monkeypatch):
     real_open = builtins.open
 
     def read_only_open(path, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax+") or str(path).startswith(("/dev/nvidia",
-                                                                          "/proc/driver")):
+        hardware = str(path).startswith(("/dev/nvidia", "/proc/driver"))
+        if hardware or any(flag in mode for flag in "wax+"):
             refuse(path, mode)
         return real_open(path, mode, *args, **kwargs)
 
