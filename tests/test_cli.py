@@ -201,3 +201,35 @@ def test_no_socket_no_file_no_hardware_in_process(monkeypatch):
     for seed in range(5):
         assert lt.main(["--plain", "--instant", "--runs", "1", "--seed", str(seed),
                         "--color", "never"]) == 0
+
+
+def test_plain_on_a_terminal_redraws_the_progress_line_in_place():
+    """--plain in a real pseudo-terminal: the bar is redrawn with carriage returns."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, SCRIPT, "--plain", "--speed", "400", "--runs",
+                                "1", "--seed", "5"], stdin=slave, stdout=slave, stderr=slave,
+                               close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    assert process.wait(timeout=10) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "Traceback" not in screen
+    redraws = re.findall(r"\r\[[\d :-]+\] \[TRAIN\] Epoch", screen)
+    assert len(redraws) > 20
+    assert "Training complete" in screen
