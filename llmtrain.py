@@ -1574,7 +1574,7 @@ class FrameworkVoice(ClassicVoice):
                 "| %3d  %-31sOn  |   00000000:%s:%s.0 Off | %20d |" % (
                     local, sc.gpu.name, bus_id(sc, local)[:2].upper(),
                     bus_id(sc, local)[2:4].upper(), 0),
-                "| N/A  %3dC    P0 %14dW / %4dW | %8dMiB / %6dMiB | %6d%%      Default |" % (
+                "| N/A  %3dC    P0 %14dW / %4dW |%8dMiB / %6dMiB | %6d%%      Default |" % (
                     31 + int(4 * offset), sc.gpu.idle_watts + int(10 * offset),
                     sc.gpu.power_cap, 0, sc.gpu.smi_mib, 0),
                 "|" + " " * 41 + "|" + " " * 24 + "|" + "             Disabled |"]
