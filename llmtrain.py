@@ -11,12 +11,20 @@ Usage:
     python3 llmtrain.py                     full-screen dashboard on a terminal, forever
     python3 llmtrain.py --plain             plain line log (the default when piped)
     python3 llmtrain.py --runs 1 --seed 7   one reproducible run
+    python3 llmtrain.py --style megatron    the same kind of run as Megatron-LM would log it
     curl -sSL URL | python3 - --plain       straight from the web, options after "-"
 
 Options (see --help):
     --plain  --color auto|always|never  --seed N  --speed F  --instant  --runs N
     --exit-after 90s|5m|1h30m  --model NAME  --list-models  --gpus N
     --gpu a100-40g|a100|h100|h200|b200|mi300x  --humor off|some|max  --version
+    --style classic|hf|lightning|deepspeed|megatron|torchtitan|random  --list-styles
+
+Styles: `classic` (the default) is llmtrain's own tagged log. The others tell the same run
+(same scenario, numbers and pacing for a seed) in one framework's own words: nvidia-smi,
+torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Lightning,
+DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
+`random` picks one of those per run from the run's seed.
 
 Keys (dashboard): q or Ctrl-C quits. Nothing else is interactive.
 
@@ -908,9 +916,12 @@ def export_files(sc):
 
 
 # ==========================================================================================
-# Run state and phases: generators yielding (line, delay); a line of None is a pause
+# Run state, drawn values and line formatting
 # ==========================================================================================
 
+#: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
+#: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
+#: tag means the text already is the whole line (the summary box, every framework style).
 Line = collections.namedtuple("Line", "text kind tag")
 
 
