@@ -1819,9 +1819,8 @@ class HFVoice(FrameworkVoice):
             lora_params(sc.model, LORA_RANK[sc.method])
         lines = []
         if shards > 1:
-            lines.append(line("Loading checkpoint shards: 100%%|%s| %d/%d [00:%02d<00:00, "
-                              "%5.2fit/s]" % (tqdm_bar(1.0, self.glyphs), shards, shards,
-                                              shards // 2, 2.0), "info", ""))
+            lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
+                shards, shards, shards / 2.0, 2.0, self.glyphs), "info", ""))
         lines += [
             self.hf(699, "Using auto half precision backend"),
             self.hf(2314, "***** Running training *****"),
@@ -2210,9 +2209,13 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def update_lines(self, state, glyphs, done, step_events):
         sc = self.sc
+        lines = []
         for event in step_events:
             if event.kind in ("nan", "overflow"):
                 self.skipped += 1
+            if event.kind == "overflow":
+                # The loss scaler speaks inside step(), before the step is reported.
+                lines.append(self.overflow_line())
         lr = lr_at(sc, state.step)
         samples_per_s = state.tokens_per_s / sc.seq_len
         self.rates.append(samples_per_s)
@@ -2220,7 +2223,7 @@ class DeepSpeedVoice(FrameworkVoice):
         counted = self.rates[2:]
         running = sum(counted) / len(counted) if counted else float("-inf")
         allocated = state.mem_gib - RUNTIME_OVERHEAD_GIB
-        return [
+        return lines + [
             self.dist("step=%d, skipped=%d, lr=[%r, %r], mom=[[0.9, 0.95], [0.9, 0.95]]" % (
                 state.step, self.skipped, lr, lr)),
             self.ds("timer.py:264:stop",
@@ -2229,9 +2232,8 @@ class DeepSpeedVoice(FrameworkVoice):
                         state.epoch - 1, state.step * sc.grad_accum, state.step, running,
                         samples_per_s, allocated, allocated + 0.6 * RUNTIME_OVERHEAD_GIB))]
 
-    def event_lines(self, state, event, rank, drawn):
-        if event.kind != "overflow":
-            return FrameworkVoice.event_lines(self, state, event, rank, drawn)
+    def overflow_line(self):
+        """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""
         where = "loss_scaler.py:183:update_scale"
         if self.hysteresis > 1:
             self.hysteresis -= 1
@@ -2242,7 +2244,7 @@ class DeepSpeedVoice(FrameworkVoice):
             text = "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, " \
                    "reducing to %d" % (self.loss_scale, self.loss_scale // 2)
             self.loss_scale //= 2
-        return [self.ds(where, text)], []
+        return self.ds(where, text)
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
