@@ -1888,7 +1888,8 @@ class HFVoice(FrameworkVoice):
             ("eval_steps_per_second", round(batches / val.runtime, 3)),
             ("epoch", round(seg.last_step / float(sc.steps_per_epoch), 2))])
         lines.append(line(hf_dict(record), "info", ""))
-        return lines, len(lines) - 1
+        # The eval bar goes away when done (leave=False) and the training bar is back.
+        return lines + [self.bar_line(state, self.glyphs)], len(lines) - 1
 
     def save_lines(self, path, weights):
         """save_pretrained: config, then one weights file or a sharded index."""
