@@ -2321,7 +2321,8 @@ class MegatronVoice(FrameworkVoice):
         for name in sorted(args, key=str.lower):
             value = args[name]
             if isinstance(value, float):
-                value = "%g" % value
+                # As the user typed it on the command line (3e-05, not 2.9999999999999997e-05).
+                value = repr(float("%g" % value))
             lines.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
         lines += ["-------------------- end of arguments ---------------------",
                   "> building %s tokenizer ..." % args["tokenizer_type"],
