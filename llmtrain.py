@@ -1245,6 +1245,8 @@ class ClassicVoice(object):
     """llmtrain's own dialect: tagged lines, one progress line per update."""
 
     name = "classic"
+    #: Bars are drawn with the renderer's glyphs; make_voice() sets the run's own.
+    glyphs = UNICODE_GLYPHS
 
     def __init__(self, sc):
         self.sc = sc
@@ -1876,7 +1878,7 @@ class HFVoice(FrameworkVoice):
         batches = eval_batches(sc, val)
         lines = [self.hf(4026, ""), line("***** Running Evaluation *****", "info", ""),
                  self.hf(4028, "  Num examples = %d" % val.samples),
-                 self.hf(4029, "  Batch size = %d" % sc.micro_batch)]
+                 self.hf(4031, "  Batch size = %d" % sc.micro_batch)]
         for quarter in (1, 2, 3):
             done = batches * quarter // 4
             lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
