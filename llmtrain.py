@@ -2077,11 +2077,10 @@ class LightningVoice(FrameworkVoice):
             lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
                                          batches / val.runtime, self.glyphs,
                                          "Validation DataLoader 0: ", False), "progress", ""))
-        self.val_loss = float(val.loss_text)
+        self.val_loss = val.loss
         return lines, len(lines) - 1
 
     def checkpoint_lines(self, state, seg, ckpt):
-        sc = self.sc
         value = self.val_loss
         head = "Epoch %d, global step %d: 'val_loss' " % (seg.epoch - 1, seg.last_step)
         if self.best is None or value < self.best:
