@@ -555,3 +555,47 @@ def test_a_bad_style_is_a_one_line_usage_error(bad):
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--style" in result.stderr
+
+
+# --- the pure formatters against the reference's own examples ---------------------------
+
+def test_tqdm_meter_reproduces_the_reference_bars(lt):
+    glyphs = lt.UNICODE_GLYPHS
+    assert lt.tqdm_meter(450, 1000, 83, 5.37, glyphs, "Epoch 0: ", False,
+                         ", v_num=0, train_loss=2.310") == \
+        "Epoch 0:  45%|████▌     | 450/1000 [01:23<01:42,  5.37it/s, v_num=0, train_loss=2.310]"
+    assert lt.tqdm_meter(1218, 1218, 4876, 0.25, glyphs) == \
+        "100%|██████████| 1218/1218 [1:21:16<00:00,  4.00s/it]"
+    assert lt.tqdm_meter(40, 1218, 161, 1 / 4.03, glyphs).startswith(
+        "  3%|▎         | 40/1218 [02:41<")
+    assert lt.tqdm_meter(40, 1095, 3, 10.84, glyphs, "Epoch 1: ", False, ", v_num=10") == \
+        "Epoch 1:   4%|▎         | 40/1095 [00:03<01:37, 10.84it/s, v_num=10]"
+    assert lt.tqdm_meter(3, 10, 1, 0.5, glyphs, inverse=False).endswith(" 0.50it/s]")
+
+
+def test_lightning_and_hf_number_formats_match_the_reference(lt):
+    assert lt.human_count(124439808) == "124 M"
+    assert lt.human_count(8030261248) == "8.0 B"
+    assert lt.human_count(0) == "0  "
+    assert lt.human_count(1200) == "1.2 K"
+    assert "{:,.3f}".format(124439808 * 4 / 1e6) == "497.759"
+    assert lt.tqdm_number(2.3104) == "2.31" and lt.tqdm_number(3e-4) == "0.0003"
+    assert lt.tqdm_number(1.5e-5) == "1.5e-5"
+    record = {"loss": 1.3377, "grad_norm": lt.fp32(0.8823109865188599),
+              "learning_rate": 1.9859901214690094e-05, "epoch": 0.25}
+    assert lt.hf_dict(record) == "{'loss': 1.3377, 'grad_norm': 0.8823109865188599, " \
+                                 "'learning_rate': 1.9859901214690094e-05, 'epoch': 0.25}"
+
+
+def test_hf_num_examples_keeps_the_worked_examples_arithmetic(lt):
+    """52,002 examples on 8 GPUs x 4 x GA 4 give 406 updates an epoch; the number shown also
+    fills whole accumulation steps, so that epoch = micro_steps / len_dataloader lands on
+    whole epochs at each epoch's last update."""
+    sc = lt.build_scenario(1)
+    sc.micro_batch, sc.dp, sc.grad_accum, sc.steps_per_epoch = 4, 8, 4, 406
+    sc.packed_samples = 52002
+    shown = lt.hf_num_examples(sc)
+    len_dataloader = -(-shown // 32)
+    assert shown <= 52002 and len_dataloader // 4 == 406 and len_dataloader == 406 * 4
+    sc.packed_samples = 51950
+    assert lt.hf_num_examples(sc) == 51950
