@@ -1729,11 +1729,13 @@ class FrameworkVoice(ClassicVoice):
         before, after = ClassicVoice.event_lines(self, state, event, rank, drawn)
         if event.kind == "oom":
             capacity = sc.gpu.capacity_gib
-            return [line("[rank%d]: torch.OutOfMemoryError: CUDA out of memory. Tried to "
+            runtime = "HIP" if sc.gpu.vendor == "amd" else "CUDA"
+            return [line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
                          "allocate 2.00 GiB. GPU %d has a total capacity of %.2f GiB of which "
                          "%.2f GiB is free. Including non-PyTorch memory, this process has "
-                         "%.2f GiB memory in use." % (rank, rank % sc.per_node, capacity,
-                                                      capacity - drawn, drawn), "error", "")] \
+                         "%.2f GiB memory in use." % (rank, runtime, rank % sc.per_node,
+                                                      capacity, capacity - drawn, drawn),
+                         "error", "")] \
                 + self.relog(before[1:]), self.relog(after)
         if event.kind == "nccl":
             host = sc.hosts[rank // sc.per_node]
