@@ -11,12 +11,20 @@ Usage:
     python3 llmtrain.py                     full-screen dashboard on a terminal, forever
     python3 llmtrain.py --plain             plain line log (the default when piped)
     python3 llmtrain.py --runs 1 --seed 7   one reproducible run
+    python3 llmtrain.py --style megatron    the same kind of run as Megatron-LM would log it
     curl -sSL URL | python3 - --plain       straight from the web, options after "-"
 
 Options (see --help):
     --plain  --color auto|always|never  --seed N  --speed F  --instant  --runs N
     --exit-after 90s|5m|1h30m  --model NAME  --list-models  --gpus N
     --gpu a100-40g|a100|h100|h200|b200|mi300x  --humor off|some|max  --version
+    --style classic|hf|lightning|deepspeed|megatron|torchtitan|random  --list-styles
+
+Styles: `classic` (the default) is llmtrain's own tagged log. The others tell the same run
+(same scenario, numbers and pacing for a seed) in one framework's own words: nvidia-smi,
+torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Lightning,
+DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
+`random` picks one of those per run from the run's seed.
 
 Keys (dashboard): q or Ctrl-C quits. Nothing else is interactive.
 
@@ -32,12 +40,14 @@ Standard library only, Python 3.6 or newer.
 
 import argparse
 import collections
+import json
 import math
 import os
 import random
 import re
 import shutil
 import signal
+import struct
 import sys
 import time
 
@@ -935,9 +945,12 @@ def export_files(sc):
 
 
 # ==========================================================================================
-# Run state and phases: generators yielding (line, delay); a line of None is a pause
+# Run state, drawn values and line formatting
 # ==========================================================================================
 
+#: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
+#: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
+#: tag means the text already is the whole line (the summary box, every framework style).
 Line = collections.namedtuple("Line", "text kind tag")
 
 
@@ -1045,106 +1058,6 @@ def master_address(sc):
     return sc.hosts[0], "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200, 11)
 
 
-def init_phase(sc, state, rng):
-    """Distributed start-up, model, tokenizer, data and configuration; ends 'Ready to train!'."""
-    tag = "INIT"
-    stack = software_stack(sc)
-    host, address = master_address(sc)
-    coll = stack["collective"]
-    model = sc.model
-    found = line("Found %d %s GPU%s across %d node%s" % (
-        sc.gpus, sc.gpu.name, "" if sc.gpus == 1 else "s", sc.nodes,
-        "" if sc.nodes == 1 else "s"), "good", tag)
-    if sc.gpus == 1:
-        # One GPU needs no process group: no rendezvous, no collectives.
-        lines = [line("Single-process training on %s:0 (torch %s, no process group)" % (
-            "cuda" if sc.gpu.vendor == "nvidia" else "cuda (ROCm/HIP)", stack["torch"]),
-            "phase", tag), found]
-    else:
-        lines = [
-            line("Initializing distributed environment (torchrun, rdzv_backend=c10d, "
-                 "torch %s)" % stack["torch"], "phase", tag),
-            line("%s backend: %s version %s+%s%s, %d GPUs across %d node%s" % (
-                coll, coll, stack["nccl"], stack["runtime"].lower(), stack["cuda"], sc.gpus,
-                sc.nodes, "" if sc.nodes == 1 else "s"), tag=tag),
-            line("Master node: %s (%s), port %d, world size %d" % (
-                host, address, sc.master_port, sc.gpus), tag=tag),
-            line("%s algorithm: %s, %d channels, %s" % (
-                coll, "Ring + Tree" if sc.nodes > 1 else "Ring", 32 if sc.nodes > 1 else 16,
-                "NET/IB with GPUDirect RDMA" if sc.nodes > 1 else "P2P over NVLink"
-                if sc.gpu.vendor == "nvidia" else "P2P over Infinity Fabric"), tag=tag),
-            found,
-        ]
-    if sc.resumed_seconds:
-        lines.append(line("Resuming from %s (step %s, %s of training so far)" % (
-            checkpoint_path(sc, sc.first_step - 1, sc.epoch_of(sc.first_step)),
-            fmt_int(sc.first_step - 1), fmt_duration(sc.resumed_seconds)), "phase", tag))
-    lines += [
-        line("Loading model: %s" % model.name, tag=tag),
-        line("Model config: %d layers, hidden %d, %d heads (%d KV), FFN %d, vocab %s" % (
-            model.layers, model.hidden, model.heads, model.kv_heads, model.ffn,
-            fmt_int(model.vocab)), tag=tag),
-        line("Model size: %s parameters%s" % (
-            fmt_int(model.params), "" if model.active == model.params else
-            " (%s active)" % fmt_int(model.active)), tag=tag),
-    ]
-    if sc.method in ("lora", "qlora"):
-        adapters = lora_params(model, LORA_RANK[sc.method])
-        lines.append(line("Trainable parameters: %s (%.2f%% of %s)" % (
-            fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
-            tag=tag))
-    lines.append(line("Tokenizer: %s, vocab size %s" % (model.tokenizer, fmt_int(model.vocab)),
-                      tag=tag))
-    if sc.loss_curve == "sft":
-        lines.append(line("Dataset: %s (%s examples)" % (sc.dataset.name,
-                                                         fmt_int(sc.dataset.examples)), tag=tag))
-        if sc.examples < sc.dataset.examples:
-            lines.append(line("Using a subset: max_train_samples=%s" % fmt_int(sc.examples),
-                              tag=tag))
-        lines.append(line("Packed %s examples into %s sequences of %s tokens" % (
-            fmt_int(sc.examples), fmt_int(sc.packed_samples), fmt_int(sc.seq_len)), tag=tag))
-    else:
-        lines.append(line("Dataset: %s (%s tokens)" % (
-            sc.dataset.name, "%.1fT" % (sc.dataset.tokens_per_example / 1e12)
-            if sc.dataset.tokens_per_example >= 1e12 else
-            "%dB" % (sc.dataset.tokens_per_example / 1e9)), tag=tag))
-    lines += [
-        line("Batch: %s (global), %d (per GPU)" % (fmt_int(sc.global_batch), sc.micro_batch),
-             tag=tag),
-        line("Gradient accumulation: %d step%s, %s tokens per optimizer step" % (
-            sc.grad_accum, "" if sc.grad_accum == 1 else "s", fmt_int(sc.tokens_per_step)),
-            tag=tag),
-        line("Sequence length: %d" % sc.seq_len, tag=tag),
-        line("Optimizer: AdamW, peak LR %.1e, warmup %s steps, %s decay to %s" % (
-            sc.peak_lr, fmt_int(sc.warmup_steps), sc.schedule,
-            "0" if sc.min_lr == 0 else "%.1e" % sc.min_lr), tag=tag),
-        line("Epochs: %d, steps per epoch: %s, total steps: %s" % (
-            sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.total_steps)), tag=tag),
-    ]
-    if sc.eval_every != sc.steps_per_epoch:
-        lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every, tag=tag))
-    lines += [
-        line("Mixed precision: %s%s" % (sc.precision, " (dynamic loss scaling, initial scale "
-                                                        "65536)" if sc.precision == "fp16"
-                                        else ""), tag=tag),
-        line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
-        line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
-        line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
-            fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
-            100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
-    ]
-    for item, delay in paced(lines, sc.init_s, state.pacing_rng):
-        if item.text.startswith("Loading model"):
-            state.mem_gib = state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora"
-                                                else sc.method, sc.strategy, sc.gpus, sc.tp,
-                                                sc.pp) / GIB * 0.2 + RUNTIME_OVERHEAD_GIB
-        state.warm_towards(0.05, delay)
-        yield item, delay
-    state.mem_gib = sc.memory_gib if sc.first_step > 1 else \
-        sc.memory_gib - optimizer_gib(sc)
-    yield line("Ready to train!", "good", tag), sc.start_gap_s
-
-
 def optimizer_gib(sc):
     """Optimizer state per GPU, allocated at the first optimizer step."""
     if sc.method in ("lora", "qlora"):
@@ -1197,138 +1110,6 @@ def bar(fraction, width, glyphs):
         + "]"
 
 
-def train_phase(sc, state, seg, rng, glyphs):
-    """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
-    tag = "TRAIN"
-    state.phase = "train"
-    if seg.index == 0:
-        state.train_end = state.clock + training_seconds(sc)
-    events = {}
-    for event in sc.events:
-        events.setdefault(event.step, []).append(event)
-    epoch_started = sc.epoch_of(seg.first_step)
-    epoch_first = (epoch_started - 1) * sc.steps_per_epoch + 1
-    if seg.first_step == epoch_first:
-        state.epoch = epoch_started
-        yield line("Epoch %d/%d: %s steps of %s tokens" % (
-            state.epoch, sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.tokens_per_step)),
-            "phase", tag), 0.0
-    elif seg.index == 0:
-        state.epoch = epoch_started
-        yield line("Epoch %d/%d resumed at step %s of %s (%s steps to go)" % (
-            state.epoch, sc.epochs, fmt_int(seg.first_step - epoch_first + 1),
-            fmt_int(sc.steps_per_epoch), fmt_int(sc.last_step - seg.first_step + 1)),
-            "phase", tag), 0.0
-    next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
-    next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.4, 1.0)
-    for step, micro, seconds in seg.updates:
-        yield None, seconds
-        state.warm_towards(1.0, seconds)
-        finishing = micro == 0 or micro == sc.micro_updates
-        if not finishing:
-            state.micro = micro
-            if state.loss is None:
-                continue  # nothing to report before the first optimizer step
-            yield line(progress_text(state, glyphs), "progress", tag), 0.0
-            continue
-        done = step - state.step
-        state.micro = 0
-        state.step = step
-        state.epoch = sc.epoch_of(step)
-        state.tokens_trained += done * sc.tokens_per_step
-        if step == 1 or state.step == sc.first_step and sc.first_step == 1:
-            state.mem_gib = sc.memory_gib
-        step_events = events.get(step, []) if done else []
-        skipped = [e for e in step_events if e.kind in ("nan", "overflow")]
-        if not skipped:
-            state.loss = loss_at(sc, step, rng)
-            state.loss_text = "%.4f" % state.loss
-            state.loss_history.append(float(state.loss_text))
-        state.grad_norm = grad_norm_at(sc, step, rng)
-        state.lr = lr_at(sc, step)
-        state.tokens_per_s = sc.cluster_tokens_per_s * rng.uniform(0.992, 1.008)
-        yield line(progress_text(state, glyphs), "progress", tag), 0.0
-        for event in step_events:
-            for item, delay in event_lines(sc, state, event, rng):
-                yield item, delay
-        if state.clock >= next_nccl and sc.gpus > 1:
-            next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.7, 1.3)
-            yield nccl_line(sc, rng), 0.0
-        if state.clock >= next_grid:
-            next_grid = state.clock + GRID_EVERY_SECONDS
-            for text in gpu_grid_lines(sc, state, glyphs):
-                yield line(text, "grid", "GPU"), 0.0
-
-
-def nccl_line(sc, rng):
-    """A collective's timing that agrees with the interconnect's bandwidth."""
-    coll = software_stack(sc)["collective"]
-    if sc.nodes > 1:
-        bus_gbs = rng.uniform(38, 46) if sc.gpu.key in ("h100", "h200", "b200", "mi300x") \
-            else rng.uniform(19, 23)
-    else:
-        bus_gbs = {"a100-40g": 230, "a100": 230, "h100": 370, "h200": 370, "b200": 720,
-                   "mi300x": 310}[sc.gpu.key] * rng.uniform(0.9, 1.05)
-    op = rng.choice(["AllReduce", "AllReduce", "ReduceScatter", "AllGather", "Broadcast"])
-    if sc.method in ("lora", "qlora"):
-        size_mb = max(1.0, 2.0 * lora_params(sc.model, LORA_RANK[sc.method]) / 1e6)
-    else:
-        size_mb = rng.choice([128.0, 256.0, 512.0])
-    n = sc.gpus
-    factor = {"AllReduce": 2.0 * (n - 1) / n, "ReduceScatter": (n - 1.0) / n,
-              "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
-    alg_gbs = bus_gbs / factor
-    ms = size_mb / 1e3 / alg_gbs * 1e3
-    if rng.random() < 0.3:
-        return line("Gradients synchronized across %d ranks (%d buckets, %.1f ms overlapped "
-                    "with backward)" % (sc.gpus, rng.choice([12, 16, 24, 32]), ms * 4),
-                    "info", coll)
-    return line("%s %s: %.1f MB in %.2f ms (algbw %.1f GB/s, busbw %.1f GB/s)" % (
-        coll, op, size_mb, ms, alg_gbs, bus_gbs), "info", coll)
-
-
-def event_lines(sc, state, event, rng):
-    """The lines of one rare event; every one recovers and the run goes on."""
-    tag = "TRAIN"
-    rank = rng.randint(0, sc.gpus - 1)
-    if event.kind == "spike":
-        yield line("Loss spike at step %s: loss %s vs running mean %.4f, grad norm %.3f; "
-                   "reducing LR by 50%% for the rest of the run (LR now %.3e)" % (
-                       fmt_int(event.step), state.loss_text,
-                       expected_loss(sc, event.step), state.grad_norm,
-                       lr_at(sc, event.step + 1)), "warn", tag), 0.0
-    elif event.kind == "nan":
-        state.skipped += 1
-        yield line("NaN loss on rank %d at step %s: batch skipped, optimizer step not applied "
-                   "(skipped %d)" % (rank, fmt_int(event.step), state.skipped), "warn",
-                   tag), 0.0
-    elif event.kind == "overflow":
-        state.skipped += 1
-        state.loss_scale /= 2
-        yield line("Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale to "
-                   "%.1f" % state.loss_scale, "warn", "AMP"), 0.0
-    elif event.kind == "oom":
-        capacity = sc.gpu.capacity_gib
-        in_use = min(capacity - 0.4, state.mem_gib + rng.uniform(1.5, 3.0))
-        yield line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. "
-                   "GPU %d has a total capacity of %.2f GiB of which %.2f GiB is free." % (
-                       rank % sc.per_node, capacity, capacity - in_use), "error",
-                   "rank%d" % rank), 0.0
-        yield line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
-                   "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
-                   tag), event.extra_s
-        yield line("Step %s recovered after %.1fs" % (fmt_int(event.step), event.extra_s),
-                   "good", tag), 0.0
-    elif event.kind == "nccl":
-        host = sc.hosts[rank // sc.per_node]
-        yield line("%s WARN %s:%d: collective AllReduce timed out after 30000 ms on rank %d; "
-                   "retrying (attempt 2/3)" % (software_stack(sc)["collective"], host,
-                                              rng.randint(20000, 99999), rank), "error",
-                   "NCCL"), event.extra_s
-        yield line("Collective retried successfully after %.1fs; training continues" %
-                   event.extra_s, "good", "NCCL"), 0.0
-
-
 def gpu_reading(sc, state, index):
     """(util %, temperature C, power W) of one GPU: fixed offsets plus slow jitter."""
     tick = int(state.clock / 2.0)
@@ -1371,122 +1152,12 @@ def gpu_grid_lines(sc, state, glyphs):
     return lines
 
 
-def validation_phase(sc, state, seg, rng):
-    """Validation after a segment: samples, Val Loss and PPL, accuracy, BLEU/ROUGE-L."""
-    tag = "EVAL"
-    state.phase = "val"
-    forward_tokens_per_s = 3.0 * sc.cluster_tokens_per_s
-    if sc.loss_curve == "sft":
-        fit = int(seg.validation_s * 0.5 * forward_tokens_per_s / sc.seq_len)
-        samples = max(8, min(sc.val_samples, fit))
-        batches = int(math.ceil(samples / float(sc.micro_batch * sc.dp)))
-        header = "Running validation: %s samples, %d batch%s of %d" % (
-            fmt_int(samples), batches, "" if batches == 1 else "es", sc.micro_batch * sc.dp)
-    else:
-        iters = max(1, int(seg.validation_s * 0.6 * forward_tokens_per_s
-                           / sc.tokens_per_step))
-        samples = iters * sc.global_batch
-        header = "Running validation: %s samples (%d eval iterations of %s)" % (
-            fmt_int(samples), iters, fmt_int(sc.global_batch))
-    value = val_loss_at(sc, seg.last_step, rng)
-    loss_text = "%.4f" % value
-    ppl = math.exp(float(loss_text))
-    lines = [line(header, "phase", tag)]
-    for quarter in (1, 2, 3, 4):
-        lines.append(line("Validation %3d%% (%s/%s samples)" % (
-            25 * quarter, fmt_int(samples * quarter // 4), fmt_int(samples)), "info", tag))
-    result = "Val Loss: %s  |  Val PPL: %.2f  |  Accuracy: %.1f%%" % (
-        loss_text, ppl, 100 * token_accuracy(float(loss_text)))
-    lines.append(line(result, "good", tag))
-    if sc.instruction_set:
-        bleu = max(5.0, 48.0 - 18.0 * float(loss_text)) + rng.uniform(-1, 1)
-        rouge = max(0.2, 0.72 - 0.2 * float(loss_text)) + rng.uniform(-0.01, 0.01)
-        lines.append(line("BLEU: %.2f  |  ROUGE-L: %.4f" % (bleu, rouge), "good", tag))
-    for item, delay in paced(lines, seg.validation_s, state.pacing_rng):
-        state.warm_towards(0.85, delay)
-        if item.text.startswith("Val Loss"):
-            state.val_history.append((len(state.loss_history), float(loss_text)))
-        yield item, delay
-
-
 def checkpoint_path(sc, step, epoch):
     """A run's checkpoint directory for a step, named as the framework would."""
     root = sc.checkpoint_root.format(epoch=epoch)
     if sc.method == "pretrain":
         return "%s/iter_%07d" % (root, step)
     return "%s/checkpoint-%d" % (root, step)
-
-
-def checkpoint_phase(sc, state, seg, rng):
-    """Sharded checkpoint: path, shard progress n/n, state sizes, time it took."""
-    tag = "CKPT"
-    state.phase = "ckpt"
-    model_bytes, optim_bytes = checkpoint_bytes(sc)
-    total = model_bytes + optim_bytes
-    sharded = sc.method == "pretrain" or sc.strategy.startswith(("FSDP", "DeepSpeed"))
-    shards = sc.gpus if sharded else 1
-    writers = sc.nodes if sharded else 1
-    # Aim the write at 60-90% of the phase; beyond ~8 GB/s a node, stage asynchronously.
-    per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
-    asynchronous = per_node_gbs > 8.0
-    if asynchronous:
-        staged_gbs = min(per_node_gbs, rng.uniform(20, 25) * sc.per_node)
-        seconds = total / GB / writers / staged_gbs
-    else:
-        per_node_gbs = max(per_node_gbs, 0.05)
-        seconds = total / GB / writers / per_node_gbs
-    path = checkpoint_path(sc, seg.last_step, seg.epoch)
-    lines = [line("Saving checkpoint to %s/" % path, "phase", tag),
-             line("Model state: %s (bf16)%s  |  Optimizer state: %s (fp32 master, Adam m and v)"
-                  % (fmt_bytes(model_bytes), " adapters" if sc.method in ("lora", "qlora")
-                     else "", fmt_bytes(optim_bytes)), "info", tag)]
-    marks = sorted(set([max(1, shards * k // 4) for k in (1, 2, 3, 4)]))
-    for done in marks:
-        lines.append(line("Writing shards %d/%d" % (done, shards), "info", tag))
-    if asynchronous:
-        lines.append(line("Checkpoint saved in %.2fs (async: %s staged to host memory on %d "
-                          "node%s, upload to storage continues in background)" % (
-                              seconds, fmt_bytes(total), writers, "" if writers == 1 else "s"),
-                          "good", tag))
-    else:
-        lines.append(line("Checkpoint saved in %.2fs (%s at %.1f GB/s from %d node%s)" % (
-            seconds, fmt_bytes(total), total / GB / seconds, writers,
-            "" if writers == 1 else "s"), "good", tag))
-    for item, delay in paced(lines, seg.checkpoint_s, state.pacing_rng):
-        state.warm_towards(0.3, delay)
-        if item.text.startswith("Checkpoint saved"):
-            state.checkpoints += 1
-        yield item, delay
-    yield None, seg.gap_s
-
-
-def export_phase(sc, state, rng):
-    """SafeTensors conversion with progress and real shard names; the final model path."""
-    tag = "EXPORT"
-    state.phase = "export"
-    state.train_end = state.clock
-    files = export_files(sc)
-    total = export_bytes(sc)
-    root = sc.checkpoint_root.format(epoch=sc.epochs)
-    final = "%s/final" % root
-    what = "adapter weights" if sc.method in ("lora", "qlora") else "model weights (bf16)"
-    lines = [line("Converting %s to SafeTensors: %s in %d file%s" % (
-        what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s"), "phase", tag)]
-    step = max(1, int(math.ceil(len(files) / 8.0)))
-    for index in range(step - 1, len(files), step):
-        lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
-                          "info", tag))
-    if files[-1] != files[min(len(files) - 1, (len(files) // step) * step - 1)]:
-        lines.append(line("Writing %s [%d/%d]" % (files[-1], len(files), len(files)), "info",
-                          tag))
-    if len(files) > 1:
-        lines.append(line("Wrote model.safetensors.index.json (total_size %d)" % total,
-                          "info", tag))
-    lines.append(line("Exported to %s/ (%s in %.1fs)" % (final, fmt_bytes(total), sc.export_s),
-                      "good", tag))
-    for item, delay in paced(lines, sc.export_s, state.pacing_rng):
-        state.warm_towards(0.0, delay)
-        yield item, delay
 
 
 def summary_lines(sc, state, glyphs):
@@ -1521,24 +1192,1590 @@ def summary_lines(sc, state, glyphs):
     return out
 
 
-def run_phases(sc, state, glyphs):
-    """The whole run, phase by phase, as one stream of (line, delay)."""
+# --- values drawn once per event; every voice formats the same values ----------------------
+
+#: A collective's measured timing (buckets is set when it is reported as gradient sync).
+Collective = collections.namedtuple("Collective", "op size_mb ms alg_gbs bus_gbs buckets")
+
+#: One validation pass: its size, the loss and the generation metrics of instruction sets.
+Validation = collections.namedtuple(
+    "Validation", "samples batches iters loss loss_text ppl bleu rouge runtime")
+
+#: One checkpoint write: bytes, shards, writers and the seconds it took.
+CheckpointWrite = collections.namedtuple(
+    "CheckpointWrite", "path model_bytes optim_bytes shards writers asynchronous seconds")
+
+
+def draw_collective(sc, rng):
+    """A collective's timing that agrees with the interconnect's bandwidth."""
+    if sc.nodes > 1:
+        bus_gbs = rng.uniform(38, 46) if sc.gpu.key in ("h100", "h200", "b200", "mi300x") \
+            else rng.uniform(19, 23)
+    else:
+        bus_gbs = {"a100-40g": 230, "a100": 230, "h100": 370, "h200": 370, "b200": 720,
+                   "mi300x": 310}[sc.gpu.key] * rng.uniform(0.9, 1.05)
+    op = rng.choice(["AllReduce", "AllReduce", "ReduceScatter", "AllGather", "Broadcast"])
+    if sc.method in ("lora", "qlora"):
+        size_mb = max(1.0, 2.0 * lora_params(sc.model, LORA_RANK[sc.method]) / 1e6)
+    else:
+        size_mb = rng.choice([128.0, 256.0, 512.0])
+    n = sc.gpus
+    factor = {"AllReduce": 2.0 * (n - 1) / n, "ReduceScatter": (n - 1.0) / n,
+              "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
+    alg_gbs = bus_gbs / factor
+    ms = size_mb / 1e3 / alg_gbs * 1e3
+    buckets = rng.choice([12, 16, 24, 32]) if rng.random() < 0.3 else None
+    return Collective(op, size_mb, ms, alg_gbs, bus_gbs, buckets)
+
+
+# --- time slots: framework lines carry their own timestamp, filled in when shown -----------
+
+#: A slot in a line's text that stamp() replaces with the local time in one of TIME_FORMATS.
+TIME_SLOT = "\x00%s\x00"
+TIME_SLOT_RE = re.compile("\x00([a-z]+)\x00")
+
+
+def slot(kind):
+    return TIME_SLOT % kind
+
+
+def time_text(kind, now):
+    """Local time as a framework prints it: Python logging, glog, Megatron or nvidia-smi."""
+    local = time.localtime(now)
+    millis = int(now * 1000) % 1000
+    if kind == "logging":
+        return time.strftime("%Y-%m-%d %H:%M:%S", local) + ",%03d" % millis
+    if kind == "glog":
+        return time.strftime("%m%d %H:%M:%S", local) + ".%06d" % (millis * 1000)
+    if kind == "smi":
+        return time.strftime("%a %b %d %H:%M:%S %Y", local)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local)
+
+
+def stamp(item, now=None):
+    """The line with its time slots filled in; lines without slots come back unchanged."""
+    if item is None or "\x00" not in item.text:
+        return item
+    now = time.time() if now is None else now
+    return item._replace(text=TIME_SLOT_RE.sub(lambda m: time_text(m.group(1), now),
+                                               item.text))
+
+
+# ==========================================================================================
+# Voices: the same run in each framework's words
+#
+# Phases draw every value once and hand it to the run's voice, which only formats. A voice
+# returns Lines. Classic lines carry a tag and get the plain log's `[time] [TAG] ` prefix;
+# framework lines carry their framework's own prefix in the text and an empty tag, which
+# tells the plain renderer to print the text as it is. Their timestamps are time slots,
+# filled in by stamp() as each line is shown.
+# ==========================================================================================
+
+class ClassicVoice(object):
+    """llmtrain's own dialect: tagged lines, one progress line per update."""
+
+    name = "classic"
+    #: Bars are drawn with the renderer's glyphs; make_voice() sets the run's own.
+    glyphs = UNICODE_GLYPHS
+
+    def __init__(self, sc):
+        self.sc = sc
+
+    # --- init -----------------------------------------------------------------------
+    def startup_lines(self):
+        """Distributed start-up, up to the model load."""
+        sc = self.sc
+        tag = "INIT"
+        stack = software_stack(sc)
+        host, address = master_address(sc)
+        coll = stack["collective"]
+        found = line("Found %d %s GPU%s across %d node%s" % (
+            sc.gpus, sc.gpu.name, "" if sc.gpus == 1 else "s", sc.nodes,
+            "" if sc.nodes == 1 else "s"), "good", tag)
+        if sc.gpus == 1:
+            # One GPU needs no process group: no rendezvous, no collectives.
+            lines = [line("Single-process training on cuda:0 (torch %s, no process group)" % (
+                stack["torch"]), "phase", tag), found]
+        else:
+            lines = [
+                line("Initializing distributed environment (torchrun, rdzv_backend=c10d, "
+                     "torch %s)" % stack["torch"], "phase", tag),
+                line("%s backend: %s version %s+%s%s, %d GPUs across %d node%s" % (
+                    coll, coll, stack["nccl"], stack["runtime"].lower(), stack["cuda"],
+                    sc.gpus, sc.nodes, "" if sc.nodes == 1 else "s"), tag=tag),
+                line("Master node: %s (%s), port %d, world size %d" % (
+                    host, address, sc.master_port, sc.gpus), tag=tag),
+                line("%s algorithm: %s, %d channels, %s" % (
+                    coll, "Ring + Tree" if sc.nodes > 1 else "Ring",
+                    32 if sc.nodes > 1 else 16,
+                    "NET/IB with GPUDirect RDMA" if sc.nodes > 1 else "P2P over NVLink"
+                    if sc.gpu.vendor == "nvidia" else "P2P over Infinity Fabric"), tag=tag),
+                found,
+            ]
+        if sc.resumed_seconds:
+            lines.append(line("Resuming from %s (step %s, %s of training so far)" % (
+                checkpoint_path(sc, sc.first_step - 1, sc.epoch_of(sc.first_step)),
+                fmt_int(sc.first_step - 1), fmt_duration(sc.resumed_seconds)), "phase", tag))
+        return lines
+
+    def setup_lines(self):
+        """Model, tokenizer, data and configuration; the first line loads the weights."""
+        sc = self.sc
+        tag = "INIT"
+        model = sc.model
+        lines = [
+            line("Loading model: %s" % model.name, tag=tag),
+            line("Model config: %d layers, hidden %d, %d heads (%d KV), FFN %d, vocab %s" % (
+                model.layers, model.hidden, model.heads, model.kv_heads, model.ffn,
+                fmt_int(model.vocab)), tag=tag),
+            line("Model size: %s parameters%s" % (
+                fmt_int(model.params), "" if model.active == model.params else
+                " (%s active)" % fmt_int(model.active)), tag=tag),
+        ]
+        if sc.method in ("lora", "qlora"):
+            adapters = lora_params(model, LORA_RANK[sc.method])
+            lines.append(line("Trainable parameters: %s (%.2f%% of %s)" % (
+                fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
+                tag=tag))
+        lines.append(line("Tokenizer: %s, vocab size %s" % (model.tokenizer,
+                                                             fmt_int(model.vocab)), tag=tag))
+        if sc.loss_curve == "sft":
+            lines.append(line("Dataset: %s (%s examples)" % (
+                sc.dataset.name, fmt_int(sc.dataset.examples)), tag=tag))
+            if sc.examples < sc.dataset.examples:
+                lines.append(line("Using a subset: max_train_samples=%s" % fmt_int(sc.examples),
+                                  tag=tag))
+            lines.append(line("Packed %s examples into %s sequences of %s tokens" % (
+                fmt_int(sc.examples), fmt_int(sc.packed_samples), fmt_int(sc.seq_len)),
+                tag=tag))
+        else:
+            lines.append(line("Dataset: %s (%s tokens)" % (
+                sc.dataset.name, "%.1fT" % (sc.dataset.tokens_per_example / 1e12)
+                if sc.dataset.tokens_per_example >= 1e12 else
+                "%dB" % (sc.dataset.tokens_per_example / 1e9)), tag=tag))
+        lines += [
+            line("Batch: %s (global), %d (per GPU)" % (fmt_int(sc.global_batch),
+                                                       sc.micro_batch), tag=tag),
+            line("Gradient accumulation: %d step%s, %s tokens per optimizer step" % (
+                sc.grad_accum, "" if sc.grad_accum == 1 else "s", fmt_int(sc.tokens_per_step)),
+                tag=tag),
+            line("Sequence length: %d" % sc.seq_len, tag=tag),
+            line("Optimizer: AdamW, peak LR %.1e, warmup %s steps, %s decay to %s" % (
+                sc.peak_lr, fmt_int(sc.warmup_steps), sc.schedule,
+                "0" if sc.min_lr == 0 else "%.1e" % sc.min_lr), tag=tag),
+            line("Epochs: %d, steps per epoch: %s, total steps: %s" % (
+                sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.total_steps)), tag=tag),
+        ]
+        if sc.eval_every != sc.steps_per_epoch:
+            lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
+                              tag=tag))
+        lines += [
+            line("Mixed precision: %s%s" % (sc.precision, " (dynamic loss scaling, initial "
+                                                            "scale 65536)"
+                                            if sc.precision == "fp16" else ""), tag=tag),
+            line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
+            line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
+            line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
+                fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
+                100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
+        ]
+        return lines
+
+    def ready_lines(self):
+        return [line("Ready to train!", "good", "INIT")]
+
+    # --- training -------------------------------------------------------------------
+    def epoch_lines(self, state, first_step):
+        """An epoch starting, or (a resumed job) picking up in the middle of one."""
+        sc = self.sc
+        epoch_first = (state.epoch - 1) * sc.steps_per_epoch + 1
+        if first_step > epoch_first:
+            return [line("Epoch %d/%d resumed at step %s of %s (%s steps to go)" % (
+                state.epoch, sc.epochs, fmt_int(first_step - epoch_first + 1),
+                fmt_int(sc.steps_per_epoch), fmt_int(sc.last_step - first_step + 1)),
+                "phase", "TRAIN")]
+        return [line("Epoch %d/%d: %s steps of %s tokens" % (
+            state.epoch, sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.tokens_per_step)),
+            "phase", "TRAIN")]
+
+    def micro_lines(self, state, glyphs):
+        """A gradient-accumulation micro-step inside a long optimizer step."""
+        return [line(progress_text(state, glyphs), "progress", "TRAIN")]
+
+    def update_lines(self, state, glyphs, done, step_events):
+        """An update: `done` optimizer steps finished, the last one being state.step."""
+        return [line(progress_text(state, glyphs), "progress", "TRAIN")]
+
+    def collective_lines(self, coll):
+        sc = self.sc
+        name = software_stack(sc)["collective"]
+        if coll.buckets is not None:
+            return [line("Gradients synchronized across %d ranks (%d buckets, %.1f ms "
+                         "overlapped with backward)" % (sc.gpus, coll.buckets, coll.ms * 4),
+                         "info", name)]
+        return [line("%s %s: %.1f MB in %.2f ms (algbw %.1f GB/s, busbw %.1f GB/s)" % (
+            name, coll.op, coll.size_mb, coll.ms, coll.alg_gbs, coll.bus_gbs), "info", name)]
+
+    def grid_lines(self, state, glyphs):
+        return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state, glyphs)]
+
+    def event_lines(self, state, event, rank, drawn):
+        """(lines before the event's stall, lines after it). `drawn` is the event's own draw:
+        memory in use for an OOM, the peer's port for an NCCL timeout."""
+        sc = self.sc
+        tag = "TRAIN"
+        if event.kind == "spike":
+            return [line("Loss spike at step %s: loss %s vs running mean %.4f, grad norm %.3f; "
+                         "reducing LR by 50%% for the rest of the run (LR now %.3e)" % (
+                             fmt_int(event.step), state.loss_text,
+                             expected_loss(sc, event.step), state.grad_norm,
+                             lr_at(sc, event.step + 1)), "warn", tag)], []
+        if event.kind == "nan":
+            return [line("NaN loss on rank %d at step %s: batch skipped, optimizer step not "
+                         "applied (skipped %d)" % (rank, fmt_int(event.step), state.skipped),
+                         "warn", tag)], []
+        if event.kind == "overflow":
+            return [line("Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale "
+                         "to %.1f" % state.loss_scale, "warn", "AMP")], []
+        if event.kind == "oom":
+            capacity = sc.gpu.capacity_gib
+            return [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 "
+                         "GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is "
+                         "free." % (rank % sc.per_node, capacity, capacity - drawn), "error",
+                         "rank%d" % rank),
+                    line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
+                         "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
+                         tag)], \
+                [line("Step %s recovered after %.1fs" % (fmt_int(event.step), event.extra_s),
+                      "good", tag)]
+        host = sc.hosts[rank // sc.per_node]
+        return [line("%s WARN %s:%d: collective AllReduce timed out after 30000 ms on rank %d; "
+                     "retrying (attempt 2/3)" % (software_stack(sc)["collective"], host,
+                                                drawn, rank), "error",
+                     "NCCL")], \
+            [line("Collective retried successfully after %.1fs; training continues" %
+                  event.extra_s, "good", "NCCL")]
+
+    # --- validation, checkpoints, export, summary -----------------------------------
+    def validation_lines(self, state, seg, val):
+        """(lines, index of the line that reports the loss)."""
+        sc = self.sc
+        tag = "EVAL"
+        if val.iters is None:
+            header = "Running validation: %s samples, %d batch%s of %d" % (
+                fmt_int(val.samples), val.batches, "" if val.batches == 1 else "es",
+                sc.micro_batch * sc.dp)
+        else:
+            header = "Running validation: %s samples (%d eval iterations of %s)" % (
+                fmt_int(val.samples), val.iters, fmt_int(sc.global_batch))
+        lines = [line(header, "phase", tag)]
+        for quarter in (1, 2, 3, 4):
+            lines.append(line("Validation %3d%% (%s/%s samples)" % (
+                25 * quarter, fmt_int(val.samples * quarter // 4), fmt_int(val.samples)),
+                "info", tag))
+        lines.append(line("Val Loss: %s  |  Val PPL: %.2f  |  Accuracy: %.1f%%" % (
+            val.loss_text, val.ppl, 100 * token_accuracy(float(val.loss_text))), "good", tag))
+        if val.bleu is not None:
+            lines.append(line("BLEU: %.2f  |  ROUGE-L: %.4f" % (val.bleu, val.rouge), "good",
+                              tag))
+        return lines, 5
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        """(lines, index of the line at which the checkpoint counts as saved)."""
+        sc = self.sc
+        tag = "CKPT"
+        total = ckpt.model_bytes + ckpt.optim_bytes
+        lines = [line("Saving checkpoint to %s/" % ckpt.path, "phase", tag),
+                 line("Model state: %s (bf16)%s  |  Optimizer state: %s (fp32 master, Adam m "
+                      "and v)" % (fmt_bytes(ckpt.model_bytes), " adapters"
+                                  if sc.method in ("lora", "qlora") else "",
+                                  fmt_bytes(ckpt.optim_bytes)), "info", tag)]
+        marks = sorted(set([max(1, ckpt.shards * k // 4) for k in (1, 2, 3, 4)]))
+        for done in marks:
+            lines.append(line("Writing shards %d/%d" % (done, ckpt.shards), "info", tag))
+        writers = ckpt.writers
+        if ckpt.asynchronous:
+            lines.append(line("Checkpoint saved in %.2fs (async: %s staged to host memory on "
+                              "%d node%s, upload to storage continues in background)" % (
+                                  ckpt.seconds, fmt_bytes(total), writers,
+                                  "" if writers == 1 else "s"), "good", tag))
+        else:
+            lines.append(line("Checkpoint saved in %.2fs (%s at %.1f GB/s from %d node%s)" % (
+                ckpt.seconds, fmt_bytes(total), total / GB / ckpt.seconds, writers,
+                "" if writers == 1 else "s"), "good", tag))
+        return lines, len(lines) - 1
+
+    def export_lines(self, state):
+        sc = self.sc
+        tag = "EXPORT"
+        files = export_files(sc)
+        total = export_bytes(sc)
+        final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
+        what = "adapter weights" if sc.method in ("lora", "qlora") else "model weights (bf16)"
+        lines = [line("Converting %s to SafeTensors: %s in %d file%s" % (
+            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s"), "phase", tag)]
+        step = max(1, int(math.ceil(len(files) / 8.0)))
+        for index in range(step - 1, len(files), step):
+            lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
+                              "info", tag))
+        if files[-1] != files[min(len(files) - 1, (len(files) // step) * step - 1)]:
+            lines.append(line("Writing %s [%d/%d]" % (files[-1], len(files), len(files)),
+                              "info", tag))
+        if len(files) > 1:
+            lines.append(line("Wrote model.safetensors.index.json (total_size %d)" % total,
+                              "info", tag))
+        lines.append(line("Exported to %s/ (%s in %.1fs)" % (final, fmt_bytes(total),
+                                                             sc.export_s), "good", tag))
+        return lines
+
+    def summary_lines(self, state, glyphs):
+        return [line(text, "box", "") for text in summary_lines(self.sc, state, glyphs)]
+
+
+#: PCI bus ids of the GPUs in one node, as nvidia-smi and NCCL print them (fixed per GPU).
+BUS_IDS = {"a100": ["07000", "0f000", "47000", "4e000", "87000", "90000", "b7000", "bd000"],
+           "hopper": ["18000", "2a000", "3a000", "5d000", "9a000", "ab000", "ba000", "db000"],
+           "amd": ["05000", "26000", "46000", "65000", "85000", "a6000", "c6000", "e5000"]}
+#: The driver that goes with CUDA 12.4 in the software stack.
+NVIDIA_DRIVER = "550.90.07"
+
+
+def bus_id(sc, local):
+    family = "amd" if sc.gpu.vendor == "amd" else "a100" if sc.gpu.key.startswith("a100") \
+        else "hopper"
+    return BUS_IDS[family][local % 8]
+
+
+def tqdm_interval(seconds):
+    """Elapsed/remaining as tqdm prints them: MM:SS, or H:MM:SS past an hour."""
+    minutes, secs = divmod(int(max(0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return "%d:%02d:%02d" % (hours, minutes, secs)
+    return "%02d:%02d" % (minutes, secs)
+
+
+def tqdm_bar(fraction, glyphs, width=10):
+    """tqdm's bar: full blocks, one partial block, spaces (digits and # in ASCII)."""
+    charset = " " + glyphs["partial"][1:] + glyphs["full"] if glyphs is UNICODE_GLYPHS \
+        else " 123456789#"
+    symbols = len(charset) - 1
+    full, part = divmod(int(max(0.0, min(1.0, fraction)) * width * symbols), symbols)
+    text = charset[-1] * full
+    if full < width:
+        text += charset[part] + charset[0] * (width - full - 1)
+    return text
+
+
+def tqdm_meter(n, total, elapsed, rate, glyphs, prefix="", inverse=True, postfix=""):
+    """`prefix pct%|bar| n/total [elapsed<remaining, rate]` as tqdm.format_meter draws it."""
+    if inverse and rate < 1.0:
+        rate_text = "%5.2fs/it" % (1.0 / rate)
+    else:
+        rate_text = "%5.2fit/s" % rate
+    remaining = (total - n) / rate if rate else 0.0
+    return "%s%3.0f%%|%s| %d/%d [%s<%s, %s%s]" % (
+        prefix, 100.0 * n / total, tqdm_bar(n / float(total), glyphs), n, total,
+        tqdm_interval(elapsed), tqdm_interval(remaining), rate_text, postfix)
+
+
+def fp32(value):
+    """A float as it comes out of an fp32 tensor's .item()."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+class FrameworkVoice(ClassicVoice):
+    """What every framework run shares: nvidia-smi, torchrun's launcher, NCCL's init."""
+
+    name = "framework"
+    #: The file and line frameworks log rare events from (the user's training script).
+    script = "train.py"
+
+    def __init__(self, sc):
+        ClassicVoice.__init__(self, sc)
+        ids = random.Random(sc.seed * 7919 + 19)
+        self.launcher_pid = ids.randint(20000, 3999999)
+        self.worker_pid = self.launcher_pid + ids.randint(40, 90)
+        self.init_tid = self.worker_pid + ids.randint(120, 400)
+        self.comm = 0x550000000000 + ids.randint(0, 0xffffffffff) * 16
+        self.comm_id = ids.getrandbits(64)
+
+    def log(self, text, kind="info"):
+        """A line in this framework's own log format."""
+        return line(text, kind, "")
+
+    def relog(self, lines):
+        """Classic lines re-told through this framework's logger."""
+        return [self.log(item.text, item.kind) for item in lines]
+
+    # --- the start every torchrun job shares ----------------------------------------
+    def smi_lines(self):
+        """nvidia-smi of the first node, run by the job script before torchrun."""
+        sc = self.sc
+        if sc.gpu.vendor != "nvidia":
+            return []
+        rule = "+" + "-" * 89 + "+"
+        cells = "|" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+"
+        lines = [slot("smi") + " " * 7, rule,
+                 "| NVIDIA-SMI %-23sDriver Version: %-15sCUDA Version: %-9s|" % (
+                     NVIDIA_DRIVER, NVIDIA_DRIVER, software_stack(sc)["cuda"]),
+                 cells,
+                 "| GPU  Name                 Persistence-M | Bus-Id          Disp.A "
+                 "| Volatile Uncorr. ECC |",
+                 "| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage "
+                 "| GPU-Util  Compute M. |",
+                 "|" + " " * 41 + "|" + " " * 24 + "|" + "               MIG M. |",
+                 "|" + "=" * 41 + "+" + "=" * 24 + "+" + "=" * 22 + "|"]
+        for local in range(sc.per_node):
+            offset = ((local * 2654435761) % 1000) / 1000.0 - 0.5
+            lines += [
+                "| %3d  %-31sOn  |   00000000:%s:%s.0 Off | %20d |" % (
+                    local, sc.gpu.name, bus_id(sc, local)[:2].upper(),
+                    bus_id(sc, local)[2:4].upper(), 0),
+                "| N/A  %3dC    P0 %14dW / %4dW |%8dMiB / %6dMiB | %6d%%      Default |" % (
+                    31 + int(4 * offset), sc.gpu.idle_watts + int(10 * offset),
+                    sc.gpu.power_cap, 0, sc.gpu.smi_mib, 0),
+                "|" + " " * 41 + "|" + " " * 24 + "|" + "             Disabled |"]
+            lines.append("+" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+")
+        lines += ["", rule,
+                  "| Processes:" + " " * 78 + "|",
+                  "|  GPU   GI   CI              PID   Type   Process name"
+                  "                        GPU Memory |",
+                  "|        ID   ID                                           "
+                  "                    Usage      |",
+                  "|" + "=" * 89 + "|",
+                  "|  No running processes found" + " " * 61 + "|",
+                  rule]
+        return [line(text, "info", "") for text in lines]
+
+    def torchrun_lines(self):
+        """torchrun's OMP_NUM_THREADS warning, glog-prefixed as torch 2.5 prints it."""
+        if self.sc.per_node < 2:
+            return []
+        prefix = "W%s %d site-packages/torch/distributed/run.py:793] " % (slot("glog"),
+                                                                         self.launcher_pid)
+        stars = "*" * 41
+        return [line(prefix + text, "warn", "") for text in [
+            "", stars, "Setting OMP_NUM_THREADS environment variable for each process to be 1 "
+            "in default, to avoid your system being overloaded, please further tune the "
+            "variable for optimal performance in your application as needed.", stars]]
+
+    def nccl_lines(self):
+        """NCCL_DEBUG=INFO from rank 0 (local device 0) of the first node, and the other
+        local ranks finishing; a real log holds one such block per rank and communicator."""
+        sc = self.sc
+        if sc.gpus == 1:
+            return []
+        stack = software_stack(sc)
+        host, address = master_address(sc)
+        amd = sc.gpu.vendor == "amd"
+        pid = self.worker_pid
+
+        def info(text, tid=None, device=0, worker=pid):
+            return line("%s:%d:%d [%d] NCCL INFO %s" % (host, worker, worker if tid is None
+                                                        else tid, device, text), "info", "")
+
+        tid = self.init_tid
+        ranks = sc.gpus
+        channels = 32 if sc.nodes > 1 else 16
+        lines = [info("NCCL version %s+%s%s" % (stack["nccl"], "hip" if amd else "cuda",
+                                                stack["cuda"]))]
+        if not amd:
+            major, minor = stack["cuda"].split(".")
+            lines.append(info("cudaDriverVersion %d" % (int(major) * 1000 + int(minor) * 10)))
+        lines.append(info("Bootstrap : Using eth0:%s<0>" % address))
+        # Eight-GPU servers carry one InfiniBand HCA per GPU; smaller boxes only Ethernet.
+        if sc.per_node == 8:
+            hcas = " ".join("[%d]mlx5_%d:1/IB" % (i, i) for i in range(sc.per_node))
+            lines.append(info("NET/IB : Using %s [RO]; OOB eth0:%s<0>" % (hcas, address),
+                              tid))
+            lines.append(info("Using non-device net plugin version 0", tid))
+            lines.append(info("Using network IB", tid))
+        else:
+            lines.append(info("NET/IB : No device found.", tid))
+            lines.append(info("NET/Socket : Using [0]eth0:%s<0>" % address, tid))
+            lines.append(info("Using non-device net plugin version 0", tid))
+            lines.append(info("Using network Socket", tid))
+        comm = "0x%x" % self.comm
+        lines.append(info("ncclCommInitRank comm %s rank 0 nranks %d cudaDev 0 nvmlDev 0 busId "
+                          "%s commId 0x%016x - Init START" % (comm, ranks, bus_id(sc, 0),
+                                                             self.comm_id), tid))
+        lines.append(info("Setting affinity for GPU 0 to ffffffff,00000000,ffffffff", tid))
+        lines.append(info("comm %s rank 0 nRanks %d nNodes %d localRanks %d localRank 0 "
+                          "MNNVL 0" % (comm, ranks, sc.nodes, sc.per_node), tid))
+        if ranks <= 16:
+            ring = []
+            for node in range(sc.nodes):
+                first = node * sc.per_node
+                ring += [first] + list(range(first + sc.per_node - 1, first, -1))
+            for channel in range(channels):
+                lines.append(info("Channel %02d/%02d : %s" % (
+                    channel, channels, "".join("%4d" % r for r in ring)), tid))
+        trees = []
+        for channel in range(channels):
+            child = "1" if sc.per_node > 1 else "-1"
+            peer = sc.per_node if sc.nodes > 1 else -1
+            if channel % 2 == 0:
+                trees.append(" [%d] %s/%d/-1->0->-1" % (channel, child, peer))
+            else:
+                trees.append(" [%d] %s/-1/-1->0->%d" % (channel, child, peer))
+        lines.append(info("Trees" + "".join(trees), tid))
+        lines.append(info("P2P Chunksize set to %d" % (131072 if sc.nodes > 1 else 524288),
+                          tid))
+        via = "P2P/IPC" if amd else "P2P/CUMEM/read"
+        if sc.per_node > 1:
+            for channel in (0, 1):
+                lines.append(info("Channel %02d/0 : 0[0] -> 1[1] via %s" % (channel, via), tid))
+        if sc.nodes > 1:
+            peer = sc.per_node
+            lines.append(info("Channel 00/0 : %d[0] -> 0[0] [receive] via NET/IB/0/GDRDMA"
+                              % peer, tid))
+            lines.append(info("Channel 00/0 : 0[0] -> %d[0] [send] via NET/IB/0/GDRDMA" % peer,
+                              tid))
+        lines += [info("Connected all rings", tid), info("Connected all trees", tid),
+                  info("threadThresholds 8/8/64 | %d/8/64 | 512 | 512" % (ranks * 8), tid),
+                  info("%d coll channels, 0 collnet channels, 0 nvls channels, %d p2p "
+                       "channels, %d p2p channels per peer" % (channels, channels,
+                                                               max(1, channels // 16)), tid)]
+        for local in range(min(sc.per_node, 4)):
+            worker = pid + local
+            lines.append(info("ncclCommInitRank comm 0x%x rank %d nranks %d cudaDev %d nvmlDev "
+                              "%d busId %s commId 0x%016x - Init COMPLETE" % (
+                                  self.comm + 0x2c0 * local, local, ranks, local, local,
+                                  bus_id(sc, local), self.comm_id),
+                              tid + 7 * local, local, worker))
+        return lines
+
+    def startup_lines(self):
+        return self.smi_lines() + self.torchrun_lines() + self.nccl_lines()
+
+    # --- defaults a framework style overrides ---------------------------------------
+    def setup_lines(self):
+        return self.relog(ClassicVoice.setup_lines(self))
+
+    def ready_lines(self):
+        return []
+
+    def epoch_lines(self, state, first_step):
+        return []
+
+    def micro_lines(self, state, glyphs):
+        return []
+
+    def collective_lines(self, coll):
+        return []
+
+    def grid_lines(self, state, glyphs):
+        return []
+
+    def event_lines(self, state, event, rank, drawn):
+        """Rank-local errors as torchrun shows them ([rankN]: ...); the rest as warnings."""
+        sc = self.sc
+        before, after = ClassicVoice.event_lines(self, state, event, rank, drawn)
+        if event.kind == "oom":
+            capacity = sc.gpu.capacity_gib
+            runtime = "HIP" if sc.gpu.vendor == "amd" else "CUDA"
+            return [line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
+                         "allocate 2.00 GiB. GPU %d has a total capacity of %.2f GiB of which "
+                         "%.2f GiB is free. Including non-PyTorch memory, this process has "
+                         "%.2f GiB memory in use." % (rank, runtime, rank % sc.per_node,
+                                                      capacity, capacity - drawn, drawn),
+                         "error", "")] \
+                + self.relog(before[1:]), self.relog(after)
+        if event.kind == "nccl":
+            host = sc.hosts[rank // sc.per_node]
+            pid = self.worker_pid + rank % sc.per_node
+            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : Got "
+                         "completion from peer 10.%d.%d.%d<%d> with error 12, opcode 0, len "
+                         "32768, vendor err 129 (Recv)" % (
+                             host, pid, pid + 311, rank % sc.per_node, sc.seed % 7 + 1,
+                             sc.seed % 200, 11 + (rank // sc.per_node + 1) % sc.nodes, drawn),
+                         "error", "")], self.relog(after)
+        if event.kind == "overflow":
+            return [], []
+        return self.relog(before), self.relog(after)
+
+    def validation_lines(self, state, seg, val):
+        lines, at = ClassicVoice.validation_lines(self, state, seg, val)
+        return self.relog(lines), at
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        lines, at = ClassicVoice.checkpoint_lines(self, state, seg, ckpt)
+        return self.relog(lines), at
+
+    def export_lines(self, state):
+        return self.relog(ClassicVoice.export_lines(self, state))
+
+    def training_elapsed(self, state):
+        """Seconds since the training loop began (its planned end minus its planned length)."""
+        return state.clock - (state.train_end - training_seconds(self.sc))
+
+
+#: transformers class names by model family (what Trainer and Lightning summaries print).
+HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+              "mixtral": "MixtralForCausalLM", "qwen": "Qwen2ForCausalLM",
+              "gemma": "Gemma2ForCausalLM", "falcon": "FalconForCausalLM",
+              "neox": "GPTNeoXForCausalLM", "gpt2": "GPT2LMHeadModel",
+              "custom": "LlamaForCausalLM"}
+
+
+def hf_num_examples(sc):
+    """Num examples for which Trainer's own arithmetic gives sc.steps_per_epoch updates:
+    ceil(N / (per_device * world)) // grad_accum == steps_per_epoch."""
+    per_step = sc.micro_batch * sc.dp
+    batches = sc.steps_per_epoch * sc.grad_accum
+    packed = getattr(sc, "packed_samples", 0)
+    if (batches - 1) * per_step < packed <= batches * per_step:
+        return packed
+    return batches * per_step
+
+
+def eval_batches(sc, val):
+    """Evaluation steps: the validation samples in batches of micro_batch per data rank."""
+    return int(math.ceil(val.samples / float(sc.micro_batch * sc.dp)))
+
+
+def hf_logging_steps(sc):
+    """logging_steps a user would pick so that a dict line comes every few seconds."""
+    for steps in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500):
+        if steps * sc.step_seconds >= 3.0:
+            return steps
+    return 1000
+
+
+class HFVoice(FrameworkVoice):
+    """transformers 4.46.3 Trainer with enable_explicit_format(); tqdm counts optimizer steps."""
+
+    name = "hf"
+
+    def __init__(self, sc):
+        FrameworkVoice.__init__(self, sc)
+        self.logging_steps = hf_logging_steps(sc)
+        self.window = []
+
+    def hf(self, lineno, text, filename="trainer.py", level="INFO", kind="info"):
+        return line("[%s|%s:%s] %s >> %s" % (level, filename, lineno, slot("logging"), text),
+                    kind, "")
+
+    def log(self, text, kind="info"):
+        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
+        return self.hf(212, text, self.script, level, kind)
+
+    def setup_lines(self):
+        sc = self.sc
+        shards = int(math.ceil(2.0 * sc.model.params / SAFETENSORS_SHARD_BYTES))
+        trainable = sc.model.params if sc.method not in ("lora", "qlora") else \
+            lora_params(sc.model, LORA_RANK[sc.method])
+        lines = []
+        if shards > 1:
+            lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
+                shards, shards, shards / 2.0, 2.0, self.glyphs), "info", ""))
+        lines += [
+            self.hf(699, "Using auto half precision backend"),
+            self.hf(2314, "***** Running training *****"),
+            self.hf(2315, "  Num examples = %s" % fmt_int(hf_num_examples(sc))),
+            self.hf(2316, "  Num Epochs = %s" % fmt_int(sc.epochs)),
+            self.hf(2317, "  Instantaneous batch size per device = %s" % fmt_int(
+                sc.micro_batch)),
+            self.hf(2320, "  Total train batch size (w. parallel, distributed & accumulation) "
+                          "= %s" % fmt_int(sc.global_batch)),
+            self.hf(2321, "  Gradient Accumulation steps = %d" % sc.grad_accum),
+            self.hf(2322, "  Total optimization steps = %s" % fmt_int(sc.total_steps)),
+            self.hf(2323, "  Number of trainable parameters = %s" % fmt_int(trainable)),
+        ]
+        if sc.first_step > 1:
+            done = sc.first_step - 1
+            epochs_done = done // sc.steps_per_epoch
+            lines += [
+                self.hf(2345, "  Continuing training from checkpoint, will skip to saved "
+                              "global_step"),
+                self.hf(2346, "  Continuing training from epoch %d" % epochs_done),
+                self.hf(2347, "  Continuing training from global step %d" % done),
+                self.hf(2349, "  Will skip the first %d epochs then the first %d batches in "
+                              "the first epoch." % (epochs_done, (done % sc.steps_per_epoch)
+                                                    * sc.grad_accum)),
+            ]
+        return lines
+
+    def bar_line(self, state, glyphs, kind="progress"):
+        sc = self.sc
+        rate = state.tokens_per_s / float(sc.tokens_per_step)
+        return line(tqdm_meter(state.step, sc.total_steps, self.training_elapsed(state), rate,
+                               glyphs), kind, "")
+
+    def update_lines(self, state, glyphs, done, step_events):
+        sc = self.sc
+        if not any(e.kind in ("nan", "overflow") for e in step_events):
+            self.window += [state.loss] * done
+        # The bar moves first; the dict is then written above it (tqdm.write).
+        lines = [self.bar_line(state, glyphs)]
+        if state.step // self.logging_steps > (state.step - done) // self.logging_steps and \
+                self.window:
+            record = collections.OrderedDict([
+                ("loss", round(sum(self.window) / len(self.window), 4)),
+                ("grad_norm", fp32(state.grad_norm)),
+                ("learning_rate", lr_at(sc, state.step)),
+                ("epoch", round(state.step / float(sc.steps_per_epoch), 2))])
+            self.window = []
+            lines.append(line(hf_dict(record), "info", ""))
+        return lines
+
+    def validation_lines(self, state, seg, val):
+        sc = self.sc
+        batches = eval_batches(sc, val)
+        lines = [self.hf(4026, ""), line("***** Running Evaluation *****", "info", ""),
+                 self.hf(4028, "  Num examples = %d" % val.samples),
+                 self.hf(4031, "  Batch size = %d" % sc.micro_batch)]
+        for quarter in (1, 2, 3):
+            done = batches * quarter // 4
+            lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
+                                         batches / val.runtime, self.glyphs), "progress", ""))
+        record = collections.OrderedDict([
+            ("eval_loss", fp32(val.loss)),
+            ("eval_runtime", round(val.runtime, 4)),
+            ("eval_samples_per_second", round(val.samples / val.runtime, 3)),
+            ("eval_steps_per_second", round(batches / val.runtime, 3)),
+            ("epoch", round(seg.last_step / float(sc.steps_per_epoch), 2))])
+        lines.append(line(hf_dict(record), "info", ""))
+        # The eval bar goes away when done (leave=False) and the training bar is back.
+        return lines + [self.bar_line(state, self.glyphs)], len(lines) - 1
+
+    def save_lines(self, path, weights):
+        """save_pretrained: config, then one weights file or a sharded index."""
+        sc = self.sc
+        lines = []
+        if sc.method in ("lora", "qlora"):
+            return lines
+        files = export_files(sc)
+        lines.append(self.hf(414, "Configuration saved in %s/config.json" % path,
+                             "configuration_utils.py"))
+        lines.append(self.hf(865, "Configuration saved in %s/generation_config.json" % path,
+                             "configuration_utils.py"))
+        if len(files) == 1:
+            lines.append(self.hf(3035, "Model weights saved in %s/%s" % (path, files[0]),
+                                 "modeling_utils.py"))
+        else:
+            lines.append(self.hf(3044, "The model is bigger than the maximum size per "
+                                       "checkpoint (5GB) and is going to be split in %d "
+                                       "checkpoint shards. You can find where each parameters "
+                                       "has been saved in the index located at %s/%s." % (
+                                           len(files), path, weights),
+                                 "modeling_utils.py"))
+        return lines
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        sc = self.sc
+        path = "%s/checkpoint-%d" % (sc.checkpoint_root.format(epoch=seg.epoch), seg.last_step)
+        lines = [self.hf(3801, "Saving model checkpoint to %s" % path)]
+        lines += self.save_lines(path, "model.safetensors.index.json")
+        return lines, len(lines) - 1
+
+    def export_lines(self, state):
+        sc = self.sc
+        runtime = self.training_elapsed(state)
+        if sc.first_step == 1:
+            samples = hf_num_examples(sc) * sc.epochs
+        else:
+            samples = sc.session_steps * sc.global_batch
+        history = state.loss_history or [float(state.loss_text or "nan")]
+        record = collections.OrderedDict([
+            ("train_runtime", round(runtime, 4)),
+            ("train_samples_per_second", round(samples / runtime, 3)),
+            ("train_steps_per_second", round(sc.session_steps / runtime, 3)),
+            ("train_loss", sum(history) / len(history)),
+            ("epoch", round(sc.last_step / float(sc.steps_per_epoch), 2))])
+        final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
+        lines = [self.hf(2591, ""), line("", "info", ""),
+                 line("Training completed. Do not forget to share your model on "
+                      "huggingface.co/models =)", "info", ""), line("", "info", ""),
+                 line(hf_dict(record), "info", ""),
+                 self.hf(3801, "Saving model checkpoint to %s" % final)]
+        return lines + self.save_lines(final, "model.safetensors.index.json")
+
+
+def hf_dict(record):
+    """str() of the metrics dict, as ProgressCallback writes it."""
+    return "{%s}" % ", ".join("%r: %r" % item for item in record.items())
+
+
+def human_count(number):
+    """Lightning's get_human_readable_count: `124 M`, `8.0 B`, `0  `."""
+    labels = [" ", "K", "M", "B", "T"]
+    digits = int(math.floor(math.log10(number))) + 1 if number > 0 else 1
+    groups = min(int(math.ceil(digits / 3.0)), len(labels))
+    value = number * 10.0 ** (-3 * (groups - 1))
+    if groups - 1 < 1 or value >= 100:
+        return "{:,d} {}".format(int(value), labels[groups - 1])
+    return "{:,.1f} {}".format(value, labels[groups - 1])
+
+
+def tqdm_number(value):
+    """tqdm's format_num for postfix values: `.3g` with short exponents, if that is shorter."""
+    short = "{:.3g}".format(value).replace("+0", "+").replace("-0", "-")
+    plain = str(value)
+    return short if len(short) < len(plain) else plain
+
+
+class LightningVoice(FrameworkVoice):
+    """PyTorch Lightning 2.4: rank-zero info lines, the model summary, one bar per epoch."""
+
+    name = "lightning"
+
+    def __init__(self, sc):
+        FrameworkVoice.__init__(self, sc)
+        self.v_num = 0 if sc.first_step == 1 else 1 + sc.seed % 5
+        self.val_loss = None
+        self.best = None
+
+    def startup_lines(self):
+        sc = self.sc
+        precision = "bfloat16" if sc.precision == "bf16" else "16bit"
+        rule = "-" * 100
+        lines = [line(text, "info", "") for text in [
+            "Using %s Automatic Mixed Precision (AMP)" % precision,
+            "GPU available: True (cuda), used: True",
+            "TPU available: False, using: 0 TPU cores",
+            "HPU available: False, using: 0 HPUs",
+            "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/%d" % sc.gpus,
+            rule, "distributed_backend=nccl",
+            "All distributed processes registered. Starting with %d processes" % sc.gpus,
+            rule, ""]]
+        devices = ",".join(str(i) for i in range(sc.per_node))
+        return self.smi_lines() + self.torchrun_lines() + lines + self.nccl_lines() + [
+            line("You are using a CUDA device (%r) that has Tensor Cores. To properly utilize "
+                 "them, you should set `torch.set_float32_matmul_precision('medium' | 'high')` "
+                 "which will trade-off precision for performance. For more details, read "
+                 "https://pytorch.org/docs/stable/generated/torch.set_float32_matmul_precision"
+                 ".html#torch.set_float32_matmul_precision" % sc.gpu.name, "info", ""),
+            line("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [%s]" % devices, "info", "")]
+
+    def setup_lines(self):
+        sc = self.sc
+        lines = []
+        if sc.first_step > 1:
+            path = self.ckpt_path(sc.first_step - 1)
+            lines.append(line("Restoring states from the checkpoint path at %s" % path,
+                              "info", ""))
+            lines.append(line("Restored all states from the checkpoint at %s" % path,
+                              "info", ""))
+        if sc.method in ("lora", "qlora"):
+            trainable = lora_params(sc.model, LORA_RANK[sc.method])
+            total = sc.model.params + trainable
+            kind = "PeftModelForCausalLM"
+        else:
+            trainable = total = sc.model.params
+            kind = HF_CLASSES[sc.model.family]
+        modules = 14 * sc.model.layers + 8
+        columns = [(" ", "0"), ("Name", "model"), ("Type", kind),
+                   ("Params", human_count(total)), ("Mode", "train")]
+        widths = [max(len(head), len(cell)) for head, cell in columns]
+        rule = "-" * (sum(widths) + 3 * (len(columns) + 1))
+        lines += [line(text, "info", "") for text in [
+            "",
+            " | ".join(head.ljust(w) for (head, _), w in zip(columns, widths)),
+            rule,
+            " | ".join(cell.ljust(w) for (_, cell), w in zip(columns, widths)),
+            rule,
+            human_count(trainable).ljust(10) + "Trainable params",
+            human_count(total - trainable).ljust(10) + "Non-trainable params",
+            human_count(total).ljust(10) + "Total params",
+            "{:,.3f}".format(total * 4 / 1e6).ljust(10) +
+            "Total estimated model params size (MB)",
+            str(modules).ljust(10) + "Modules in train mode",
+            "0".ljust(10) + "Modules in eval mode"]]
+        return lines
+
+    def ckpt_path(self, step):
+        sc = self.sc
+        epoch = sc.epoch_of(step)
+        return "%s/epoch=%d-step=%d.ckpt" % (sc.checkpoint_root.format(epoch=epoch),
+                                            epoch - 1, step)
+
+    def bar_line(self, state, kind="progress"):
+        sc = self.sc
+        batches = sc.steps_per_epoch * sc.grad_accum
+        in_epoch = state.step - (state.epoch - 1) * sc.steps_per_epoch
+        done = in_epoch * sc.grad_accum
+        if state.micro and sc.micro_updates > 1:
+            done += state.micro * sc.grad_accum // sc.micro_updates
+        rate = state.tokens_per_s / float(sc.tokens_per_step) * sc.grad_accum
+        elapsed = done / rate if rate else 0.0
+        postfix = ", v_num=%d" % self.v_num
+        if state.loss is not None:
+            postfix += ", train_loss=%s" % tqdm_number(float(state.loss_text))
+        if self.val_loss is not None:
+            postfix += ", val_loss=%s" % tqdm_number(self.val_loss)
+        return line(tqdm_meter(done, batches, elapsed, rate, self.glyphs,
+                               "Epoch %d: " % (state.epoch - 1), False, postfix), kind, "")
+
+    def micro_lines(self, state, glyphs):
+        return [self.bar_line(state)] if state.tokens_per_s else []
+
+    def update_lines(self, state, glyphs, done, step_events):
+        sc = self.sc
+        ends_epoch = state.step % sc.steps_per_epoch == 0
+        return [self.bar_line(state, "info" if ends_epoch else "progress")]
+
+    def validation_lines(self, state, seg, val):
+        lines = []
+        batches = eval_batches(self.sc, val)
+        for quarter in (1, 2, 3, 4):
+            done = batches * quarter // 4
+            lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
+                                         batches / val.runtime, self.glyphs,
+                                         "Validation DataLoader 0: ", False), "progress", ""))
+        self.val_loss = val.loss
+        return lines, len(lines) - 1
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        value = self.val_loss
+        head = "Epoch %d, global step %d: 'val_loss' " % (seg.epoch - 1, seg.last_step)
+        if self.best is None or value < self.best:
+            self.best = value
+            text = head + "reached %0.5f (best %0.5f), saving model to '%s' as top 1" % (
+                value, value, self.ckpt_path(seg.last_step))
+        else:
+            text = head + "was not in top 1"
+        return [line(text, "info", "")], 0
+
+    def export_lines(self, state):
+        sc = self.sc
+        limit = "max_epochs=%d" % sc.epochs if sc.first_step == 1 and sc.loss_curve == "sft" \
+            else "max_steps=%d" % sc.total_steps
+        return [line("`Trainer.fit` stopped: `%s` reached." % limit, "info", "")] + \
+            FrameworkVoice.export_lines(self, state)
+
+
+def zero_stage(sc):
+    """The ZeRO stage that matches the scenario's sharding."""
+    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+        return 3
+    if sc.strategy.startswith("DeepSpeed ZeRO-2"):
+        return 2
+    return 1
+
+
+class DeepSpeedVoice(FrameworkVoice):
+    """DeepSpeed 0.16.5: `[time] [INFO] [file:line:func]`, log_dist at logging.py:128."""
+
+    name = "deepspeed"
+
+    def __init__(self, sc):
+        FrameworkVoice.__init__(self, sc)
+        self.loss_scale = 65536
+        self.hysteresis = 2
+        self.skipped = 0
+        self.rates = []
+
+    def ds(self, where, text, kind="info", level="INFO"):
+        return line("[%s] [%s] [%s] %s" % (slot("logging"), level, where, text), kind, "")
+
+    def dist(self, text, kind="info"):
+        return self.ds("logging.py:128:log_dist", "[Rank 0] " + text, kind)
+
+    def log(self, text, kind="info"):
+        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
+        return self.ds("%s:212:main" % self.script, text, kind, level)
+
+    def config(self):
+        sc = self.sc
+        return {"bf16": {"enabled": sc.precision == "bf16"},
+                "fp16": {"enabled": sc.precision == "fp16", "initial_scale_power": 16,
+                         "hysteresis": 2, "loss_scale_window": 1000},
+                "gradient_accumulation_steps": sc.grad_accum, "gradient_clipping": 1.0,
+                "optimizer": {"type": "AdamW", "params": {"lr": sc.peak_lr,
+                                                          "betas": [0.9, 0.95],
+                                                          "weight_decay": 0.1}},
+                "scheduler": {"type": "WarmupCosineLR",
+                              "params": {"total_num_steps": sc.total_steps,
+                                         "warmup_num_steps": sc.warmup_steps}},
+                "steps_per_print": sc.log_every, "train_batch_size": sc.global_batch,
+                "train_micro_batch_size_per_gpu": sc.micro_batch,
+                "wall_clock_breakdown": False,
+                "zero_optimization": {"stage": zero_stage(sc), "overlap_comm": True}}
+
+    def startup_lines(self):
+        return self.smi_lines() + self.torchrun_lines() + [
+            self.ds("real_accelerator.py:222:get_accelerator",
+                    "Setting ds_accelerator to cuda (auto detect)"),
+            self.ds("comm.py:652:init_distributed", "cdb=None"),
+            self.ds("comm.py:683:init_distributed",
+                    "Initializing TorchBackend in DeepSpeed with backend nccl")] + \
+            self.nccl_lines()
+
+    def setup_lines(self):
+        sc = self.sc
+        stage = zero_stage(sc)
+        dtype = "torch.bfloat16" if sc.precision == "bf16" else "torch.float16"
+        reserved = sc.memory_gib - optimizer_gib(sc) - RUNTIME_OVERHEAD_GIB
+        lines = [self.dist("DeepSpeed info: version=0.16.5, git-hash=unknown, git-branch=unknown"),
+                 self.dist("DeepSpeed Flops Profiler Enabled: False"),
+                 self.dist("DeepSpeed Basic Optimizer = AdamW"),
+                 self.dist("Creating %s ZeRO stage %d optimizer" % (dtype, stage))]
+        if stage == 3:
+            lines += [
+                self.ds("stage3.py:170:__init__", "Reduce bucket size 500000000"),
+                self.ds("stage3.py:171:__init__", "Prefetch bucket size 50000000"),
+                self.ds("utils.py:781:see_memory_usage", "Stage 3 initialize beginning"),
+                self.ds("utils.py:782:see_memory_usage",
+                        "MA %.2f GB         Max_MA %.2f GB         CA %.2f GB         Max_CA "
+                        "%d GB " % (reserved * 0.9, reserved * 0.9, reserved,
+                                    int(round(reserved)))),
+                self.ds("utils.py:789:see_memory_usage",
+                        "CPU Virtual Memory:  used = %.2f GB, percent = %.1f%%" % (
+                            112.37 + sc.model.params * 2 / GB / sc.per_node,
+                            5.6 + sc.model.params / 1e11))]
+        lines += [
+            self.dist("DeepSpeed Final Optimizer = %s" % (
+                "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer")),
+            self.dist("DeepSpeed using configured LR scheduler = WarmupCosineLR"),
+            self.dist("DeepSpeed LR Scheduler = <deepspeed.runtime.lr_schedules.WarmupCosineLR "
+                      "object at 0x7f%010x>" % (self.comm % 0xffffffff0 + 0x10)),
+            self.ds("config.py:1001:print", "DeepSpeedEngine configuration:")]
+        dump = {"activation_checkpointing_config": '{"partition_activations": false, '
+                                                   '"contiguous_memory_optimization": false}',
+                "amp_enabled": False, "bfloat16_enabled": sc.precision == "bf16",
+                "dump_state": False, "fp16_enabled": sc.precision == "fp16",
+                "global_rank": 0, "gradient_accumulation_steps": sc.grad_accum,
+                "gradient_clipping": 1.0, "initial_dynamic_scale": 65536
+                if sc.precision == "fp16" else 1, "optimizer_name": "adamw",
+                "scheduler_name": "WarmupCosineLR", "steps_per_print": sc.log_every,
+                "train_batch_size": sc.global_batch,
+                "train_micro_batch_size_per_gpu": sc.micro_batch,
+                "wall_clock_breakdown": False, "world_size": sc.dp, "zero_enabled": True,
+                "zero_optimization_stage": stage}
+        for name in sorted(dump):
+            lines.append(self.ds("config.py:1005:print", "  %s %s %s" % (
+                name, "." * (29 - len(name)), dump[name])))
+        body = json.dumps(self.config(), sort_keys=True, indent=4).split("\n")
+        lines.append(self.ds("config.py:1005:print", "  json = " + body[0]))
+        lines += [line(text, "info", "") for text in body[1:]]
+        if sc.first_step > 1:
+            tag = "global_step%d" % (sc.first_step - 1)
+            lines.append(self.dist("Loading model from %s/%s/mp_rank_00_model_states.pt" % (
+                sc.checkpoint_root.format(epoch=1), tag)))
+        return lines
+
+    def update_lines(self, state, glyphs, done, step_events):
+        sc = self.sc
+        lines = []
+        for event in step_events:
+            if event.kind in ("nan", "overflow"):
+                self.skipped += 1
+            if event.kind == "overflow":
+                # The loss scaler speaks inside step(), before the step is reported.
+                lines.append(self.overflow_line())
+        lr = lr_at(sc, state.step)
+        samples_per_s = state.tokens_per_s / sc.seq_len
+        self.rates.append(samples_per_s)
+        # Warm-up steps are left out of the running average, as DeepSpeed's timer does.
+        counted = self.rates[2:]
+        running = sum(counted) / len(counted) if counted else float("-inf")
+        allocated = state.mem_gib - RUNTIME_OVERHEAD_GIB
+        return lines + [
+            self.dist("step=%d, skipped=%d, lr=[%r, %r], mom=[[0.9, 0.95], [0.9, 0.95]]" % (
+                state.step, self.skipped, lr, lr)),
+            self.ds("timer.py:264:stop",
+                    "epoch=%d/micro_step=%d/global_step=%d, RunningAvgSamplesPerSec=%r, "
+                    "CurrSamplesPerSec=%r, MemAllocated=%.2fGB, MaxMemAllocated=%.2fGB" % (
+                        state.epoch - 1, state.step * sc.grad_accum, state.step, running,
+                        samples_per_s, allocated, allocated + 0.6 * RUNTIME_OVERHEAD_GIB))]
+
+    def overflow_line(self):
+        """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""
+        where = "loss_scaler.py:183:update_scale"
+        if self.hysteresis > 1:
+            self.hysteresis -= 1
+            text = "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, " \
+                   "but hysteresis is %d. Reducing hysteresis to %d" % (
+                       self.loss_scale, self.hysteresis + 1, self.hysteresis)
+        else:
+            text = "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, " \
+                   "reducing to %d" % (self.loss_scale, self.loss_scale // 2)
+            self.loss_scale //= 2
+        return self.ds(where, text)
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        sc = self.sc
+        tag = "global_step%d" % seg.last_step
+        folder = "%s/%s" % (sc.checkpoint_root.format(epoch=seg.epoch), tag)
+        model = "%s/zero_pp_rank_0_mp_rank_00_model_states.pt" % folder
+        optim = "%s/%szero_pp_rank_0_mp_rank_00_optim_states.pt" % (
+            folder, "bf16_" if sc.precision == "bf16" else "")
+        lines = [self.dist("[Torch] Checkpoint %s is about to be saved!" % tag),
+                 self.dist("Saving model checkpoint: %s" % model),
+                 self.ds("torch_checkpoint_engine.py:21:save", "[Torch] Saving %s..." % model),
+                 self.ds("torch_checkpoint_engine.py:23:save", "[Torch] Saved %s." % model),
+                 self.ds("torch_checkpoint_engine.py:21:save", "[Torch] Saving %s..." % optim),
+                 self.ds("torch_checkpoint_engine.py:23:save", "[Torch] Saved %s." % optim),
+                 self.ds("engine.py:3645:_save_zero_checkpoint",
+                         "zero checkpoint saved %s" % optim),
+                 self.ds("torch_checkpoint_engine.py:33:commit",
+                         "[Torch] Checkpoint %s is ready now!" % tag)]
+        return lines, len(lines) - 1
+
+
+#: Megatron's tokenizer types by tokenizer family.
+MEGATRON_TOKENIZERS = {"GPT-2 BPE": "GPT2BPETokenizer", "GPT-NeoX BPE": "GPT2BPETokenizer",
+                       "Llama 2 SentencePiece": "Llama2Tokenizer",
+                       "Llama 3 tiktoken": "TikTokenizer"}
+
+
+def padded_vocab(vocab, tp):
+    """Megatron pads the vocabulary to a multiple of 128 x TP."""
+    multiple = 128 * tp
+    return int(math.ceil(vocab / float(multiple))) * multiple
+
+
+class MegatronVoice(FrameworkVoice):
+    """Megatron-LM (2024 core_r0.9-era training.py): print_rank_0/print_rank_last lines."""
+
+    name = "megatron"
+
+    def __init__(self, sc):
+        FrameworkVoice.__init__(self, sc)
+        self.loss_scale = 4294967296.0
+        self.hysteresis = 2
+        self.skipped = 0
+        self.nans = 0
+        self.reported_memory = False
+
+    def log(self, text, kind="info"):
+        return line(text, kind, "")
+
+    def startup_lines(self):
+        sc = self.sc
+        model = sc.model
+        args = {"bf16": sc.precision == "bf16", "fp16": sc.precision == "fp16",
+                "clip_grad": 1.0, "data_parallel_size": sc.dp,
+                "eval_interval": sc.eval_every, "eval_iters": 10,
+                "ffn_hidden_size": model.ffn, "global_batch_size": sc.global_batch,
+                "hidden_size": model.hidden, "log_interval": sc.log_every,
+                "log_throughput": True, "lr": sc.peak_lr,
+                "lr_decay_style": sc.schedule, "lr_warmup_iters": sc.warmup_steps,
+                "micro_batch_size": sc.micro_batch, "min_lr": sc.min_lr,
+                "num_attention_heads": model.heads, "num_layers": model.layers,
+                "num_query_groups": model.kv_heads,
+                "padded_vocab_size": padded_vocab(model.vocab, sc.tp),
+                "pipeline_model_parallel_size": sc.pp,
+                "save": sc.checkpoint_root.format(epoch=1), "save_interval": sc.eval_every,
+                "seed": 1234, "seq_length": sc.seq_len,
+                "tensor_model_parallel_size": sc.tp,
+                "tokenizer_type": MEGATRON_TOKENIZERS.get(model.tokenizer,
+                                                          "HuggingFaceTokenizer"),
+                "train_iters": sc.total_steps, "use_distributed_optimizer": True,
+                "world_size": sc.gpus}
+        lines = ["------------------------ arguments ------------------------"]
+        for name in sorted(args, key=str.lower):
+            value = args[name]
+            if isinstance(value, float):
+                # As the user typed it on the command line (3e-05, not 2.9999999999999997e-05).
+                value = repr(float("%g" % value))
+            lines.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
+        lines += ["-------------------- end of arguments ---------------------",
+                  "> building %s tokenizer ..." % args["tokenizer_type"],
+                  " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
+                      model.vocab, args["padded_vocab_size"] - model.vocab,
+                      args["padded_vocab_size"]),
+                  "> initializing torch distributed ..."]
+        return self.smi_lines() + self.torchrun_lines() + \
+            [line(text, "info", "") for text in lines] + self.nccl_lines()
+
+    def setup_lines(self):
+        sc = self.sc
+        root = sc.checkpoint_root.format(epoch=1)
+        lines = ["> initialized tensor model parallel with size %d" % sc.tp,
+                 "> initialized pipeline model parallel with size %d" % sc.pp,
+                 "> setting random seeds to 1234 ...",
+                 "> compiling dataset index builder ...",
+                 "time to initialize megatron (seconds): %.3f" % (sc.init_s * 4.2),
+                 "[after megatron is initialized] datetime: %s " % slot("seconds"),
+                 " > number of parameters on (tensor, pipeline) model parallel rank (0, 0): %d"
+                 % (sc.model.params // (sc.tp * sc.pp))]
+        if sc.first_step > 1:
+            lines.append("  successfully loaded checkpoint from %s [ t 0, p 0 ] at iteration "
+                         "%d" % (root, sc.first_step - 1))
+        lines += ["(min, max) time across ranks (ms):",
+                  "    %s: (%.2f, %.2f)" % ("model-and-optimizer-setup ".ljust(48, "."),
+                                            sc.init_s * 160, sc.init_s * 161),
+                  "    %s: (%.2f, %.2f)" % ("train/valid/test-data-iterators-setup "
+                                            .ljust(48, "."), sc.init_s * 40, sc.init_s * 42),
+                  "training ...",
+                  "[before the start of training step] datetime: %s " % slot("seconds")]
+        return [line(text, "info", "") for text in lines]
+
+    def update_lines(self, state, glyphs, done, step_events):
+        sc = self.sc
+        for event in step_events:
+            if event.kind == "nan":
+                self.nans += 1
+            elif event.kind == "overflow":
+                self.skipped += 1
+        if state.loss is None:
+            return []
+        ms = 1000.0 * sc.tokens_per_step / state.tokens_per_s
+        tflops = sc.flops_per_token * state.tokens_per_s / sc.gpus / 1e12
+        text = (" [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration "
+                "(ms): %.1f | throughput per GPU (TFLOP/s/GPU): %.1f | learning rate: %.6E | "
+                "global batch size: %5d | lm loss: %.6E | loss scale: %.1f | grad norm: %.3f | "
+                "number of skipped iterations: %3d | number of nan iterations: %3d |" % (
+                    slot("seconds"), state.step, sc.total_steps, state.step * sc.global_batch,
+                    ms, tflops, lr_at(sc, state.step), sc.global_batch, state.loss,
+                    self.loss_scale if sc.precision == "fp16" else 1.0, state.grad_norm,
+                    self.skipped, self.nans))
+        self.skipped = 0
+        self.nans = 0
+        lines = [line(text, "info", "")]
+        if not self.reported_memory:
+            self.reported_memory = True
+            allocated = int((state.mem_gib - RUNTIME_OVERHEAD_GIB) * 0.8 * GIB) // 512 * 512
+            peak = int((state.mem_gib - RUNTIME_OVERHEAD_GIB) * GIB) // 512 * 512
+            reserved = int(state.mem_gib - 1.0) * 1024 + 2 * (sc.seed % 256)
+            lines.append(line("[Rank 0] (after %d iterations) memory (MB) | allocated: %r | "
+                              "max allocated: %r | reserved: %r | max reserved: %r" % (
+                                  state.step, allocated / 1048576.0, peak / 1048576.0,
+                                  float(reserved), float(reserved)), "info", ""))
+        return lines
+
+    def event_lines(self, state, event, rank, drawn):
+        if event.kind != "overflow":
+            return FrameworkVoice.event_lines(self, state, event, rank, drawn)
+        # Hysteresis 2: the scale halves on every second overflow.
+        self.hysteresis -= 1
+        if self.hysteresis == 0:
+            self.hysteresis = 2
+            self.loss_scale /= 2
+        return [], []
+
+    def validation_lines(self, state, seg, val):
+        value = float("%.6E" % val.loss)
+        text = " validation loss at iteration %d on validation set | lm loss value: %.6E | " \
+               "lm loss PPL: %.6E | " % (seg.last_step, value, math.exp(min(20.0, value)))
+        rule = "-" * (len(text) + 1)
+        return [line(rule, "info", ""), line(text, "info", ""), line(rule, "info", "")], 1
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        root = self.sc.checkpoint_root.format(epoch=seg.epoch)
+        return [line("saving checkpoint at iteration %7d to %s in torch_dist format" % (
+            seg.last_step, root), "info", ""),
+            line("  successfully saved checkpoint from iteration %7d to %s" % (
+                seg.last_step, root), "info", "")], 1
+
+    def export_lines(self, state):
+        return [line("[after training is done] datetime: %s " % slot("seconds"), "info", "")] \
+            + FrameworkVoice.export_lines(self, state)
+
+
+class TorchtitanVoice(FrameworkVoice):
+    """torchtitan (HEAD metrics format): `[titan] time - root - LEVEL - message`."""
+
+    name = "torchtitan"
+
+    def log(self, text, kind="info"):
+        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
+        return line("[titan] %s - root - %s - %s" % (slot("logging"), level, text), kind, "")
+
+    def startup_lines(self):
+        sc = self.sc
+        dims = [(sc.pp, "pp"), (sc.dp, "dp_shard"), (sc.tp, "tp")]
+        dims = [d for d in dims if d[0] > 1] or [(1, "dp_shard")]
+        return self.smi_lines() + self.torchrun_lines() + [
+            self.log("Starting job: %s training" % sc.model.name),
+            self.log("Building %d-D device mesh with %r, %r" % (
+                len(dims), [name for _, name in dims], [size for size, _ in dims]))] + \
+            self.nccl_lines()
+
+    def setup_lines(self):
+        sc = self.sc
+        model = sc.model
+        capacity = sc.gpu.capacity_gib
+        lines = []
+        if model.tokenizer == "Llama 3 tiktoken":
+            lines += [self.log("Building tiktoken tokenizer locally from ./torchtitan/datasets/"
+                               "tokenizer/original/tokenizer.model"),
+                      self.log("TikTokenizer built: #words %d, BOS ID 128000, EOS ID 128001" %
+                               model.vocab)]
+        else:
+            lines.append(self.log("Building sentencepiece tokenizer locally from "
+                                  "./torchtitan/datasets/tokenizer/tokenizer.model"))
+        model_gib = state_bytes_per_gpu(model, "lora" if sc.method == "qlora" else sc.method,
+                                        sc.strategy, sc.gpus, sc.tp, sc.pp) / GIB * 0.2
+        lines += [
+            self.log("Preparing %s dataset from %s" % (sc.dataset.name.split("/")[-1].lower(),
+                                                       sc.dataset.name)),
+            self.log("Building %s with ModelArgs(dim=%d, n_layers=%d, n_heads=%d, "
+                     "n_kv_heads=%d, vocab_size=%d, max_seq_len=%d)" % (
+                         model.name, model.hidden, model.layers, model.heads, model.kv_heads,
+                         model.vocab, sc.seq_len)),
+            self.log("CUDA capacity: %s with %.2fGiB memory" % (sc.gpu.name, capacity)),
+            self.log("Model %s size: %s total parameters" % (model.name,
+                                                              fmt_int(model.params))),
+            self.log("Applied selective activation checkpointing to the model"),
+            self.log("Applied %s to the model" % ("Tensor Parallelism" if sc.tp > 1 else
+                                                  "DDP" if sc.strategy == "DDP" else "FSDP")),
+            self.log("Peak FLOPS used for computing MFU: %.3e" % sc.gpu.peak_flops),
+            self.log("CUDA memory usage for model: %.2fGiB(%.2f%%)" % (
+                model_gib, 100.0 * model_gib / capacity)),
+            self.log("Checkpointing active. Checkpoints will be loaded from and saved to %s" %
+                     sc.checkpoint_root.format(epoch=1))]
+        if sc.first_step > 1:
+            lines.append(self.log("Loading the checkpoint at step %d." % (sc.first_step - 1)))
+        lines.append(self.log("Training starts at step %d, with local batch size %d, global "
+                              "batch size %d, sequence length %d, total steps %d (warmup %d)" % (
+                                  sc.first_step, sc.micro_batch, sc.global_batch, sc.seq_len,
+                                  sc.total_steps, sc.warmup_steps)))
+        return lines
+
+    def update_lines(self, state, glyphs, done, step_events):
+        sc = self.sc
+        if state.loss is None:
+            return []
+        tps = int(round(state.tokens_per_s / sc.gpus))
+        tflops = sc.flops_per_token * tps / 1e12
+        mfu = 100.0 * sc.flops_per_token * tps / sc.gpu.peak_flops
+        return [self.log("step: %2d  loss: %8.5f  grad_norm: %7.4f  memory: %5.2fGiB(%.2f%%)  "
+                         "tps: %s  tflops: %s  mfu: %.2f%%" % (
+                             state.step, state.loss, state.grad_norm, state.mem_gib,
+                             100.0 * state.mem_gib / sc.gpu.capacity_gib, "{:,}".format(tps),
+                             "{:,.2f}".format(tflops), mfu))]
+
+    def validation_lines(self, state, seg, val):
+        sc = self.sc
+        return [self.log("validate step: %2d  loss: %7.4f  memory: %5.2fGiB(%.2f%%)" % (
+            seg.last_step, val.loss, state.mem_gib,
+            100.0 * state.mem_gib / sc.gpu.capacity_gib))], 0
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        sc = self.sc
+        if seg.last_step == sc.last_step:
+            first = "Saving a full checkpoint at last step, step %d." % seg.last_step
+        else:
+            first = "Saving the checkpoint (or staging if async is enabled)."
+        return [self.log(first),
+                self.log("Finished saving the checkpoint (or staging if async is enabled)"
+                         "in %.2f seconds." % ckpt.seconds)], 1
+
+    def export_lines(self, state):
+        return [self.log("Sleeping 2 seconds for other ranks to complete"),
+                self.log("Training completed")] + FrameworkVoice.export_lines(self, state)
+
+
+#: --style names, in the order --list-styles prints them; `random` picks a framework one.
+STYLES = collections.OrderedDict((voice.name, voice) for voice in [
+    ClassicVoice, HFVoice, LightningVoice, DeepSpeedVoice, MegatronVoice, TorchtitanVoice])
+STYLE_TITLES = {"classic": "llmtrain's own tagged log (the default)",
+                "hf": "Hugging Face transformers 4.46 Trainer",
+                "lightning": "PyTorch Lightning 2.4",
+                "deepspeed": "DeepSpeed 0.16.5 engine",
+                "megatron": "Megatron-LM training loop",
+                "torchtitan": "torchtitan (PyTorch native)",
+                "random": "one of the framework styles, picked from the run's seed"}
+
+
+def make_voice(style, sc, glyphs):
+    """The voice of one run; `random` draws from its own stream so the run stays the same."""
+    if style == "random":
+        style = random.Random(sc.seed * 7919 + 23).choice(list(STYLES)[1:])
+    voice = STYLES[style](sc)
+    voice.glyphs = glyphs
+    return voice
+
+
+# ==========================================================================================
+# Phases: generators yielding (line, delay); values are drawn here, voices only format them
+# ==========================================================================================
+
+def init_phase(sc, state, rng, voice):
+    """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
+    startup = voice.startup_lines()
+    lines = startup + voice.setup_lines()
+    for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):
+        if index == len(startup):
+            state.mem_gib = state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora"
+                                                else sc.method, sc.strategy, sc.gpus, sc.tp,
+                                                sc.pp) / GIB * 0.2 + RUNTIME_OVERHEAD_GIB
+        state.warm_towards(0.05, delay)
+        yield item, delay
+    state.mem_gib = sc.memory_gib if sc.first_step > 1 else \
+        sc.memory_gib - optimizer_gib(sc)
+    ready = voice.ready_lines()
+    for item in ready[:-1]:
+        yield item, 0.0
+    yield (ready[-1] if ready else None), sc.start_gap_s
+
+
+def train_phase(sc, state, seg, rng, voice, glyphs):
+    """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
+    state.phase = "train"
+    if seg.index == 0:
+        state.train_end = state.clock + training_seconds(sc)
+    events = {}
+    for event in sc.events:
+        events.setdefault(event.step, []).append(event)
+    epoch_started = sc.epoch_of(seg.first_step)
+    if seg.first_step == (epoch_started - 1) * sc.steps_per_epoch + 1 or seg.index == 0:
+        state.epoch = epoch_started
+        for item in voice.epoch_lines(state, seg.first_step):
+            yield item, 0.0
+    next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
+    next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.4, 1.0)
+    for step, micro, seconds in seg.updates:
+        yield None, seconds
+        state.warm_towards(1.0, seconds)
+        finishing = micro == 0 or micro == sc.micro_updates
+        if not finishing:
+            state.micro = micro
+            if state.loss is None:
+                continue  # nothing to report before the first optimizer step
+            for item in voice.micro_lines(state, glyphs):
+                yield item, 0.0
+            continue
+        done = step - state.step
+        state.micro = 0
+        state.step = step
+        state.epoch = sc.epoch_of(step)
+        state.tokens_trained += done * sc.tokens_per_step
+        if step == 1 or state.step == sc.first_step and sc.first_step == 1:
+            state.mem_gib = sc.memory_gib
+        step_events = events.get(step, []) if done else []
+        skipped = [e for e in step_events if e.kind in ("nan", "overflow")]
+        if not skipped:
+            state.loss = loss_at(sc, step, rng)
+            state.loss_text = "%.4f" % state.loss
+            state.loss_history.append(float(state.loss_text))
+        state.grad_norm = grad_norm_at(sc, step, rng)
+        state.lr = lr_at(sc, step)
+        state.tokens_per_s = sc.cluster_tokens_per_s * rng.uniform(0.992, 1.008)
+        for item in voice.update_lines(state, glyphs, done, step_events):
+            yield item, 0.0
+        for event in step_events:
+            for item in event_phase(sc, state, event, rng, voice):
+                yield item
+        if state.clock >= next_nccl and sc.gpus > 1:
+            next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.7, 1.3)
+            for item in voice.collective_lines(draw_collective(sc, rng)):
+                yield item, 0.0
+        if state.clock >= next_grid:
+            next_grid = state.clock + GRID_EVERY_SECONDS
+            for item in voice.grid_lines(state, glyphs):
+                yield item, 0.0
+
+
+def event_phase(sc, state, event, rng, voice):
+    """One rare event: its effect on the run, its lines, and the time it costs."""
+    rank = rng.randint(0, sc.gpus - 1)
+    drawn = None
+    if event.kind in ("nan", "overflow"):
+        state.skipped += 1
+    if event.kind == "overflow":
+        state.loss_scale /= 2
+    elif event.kind == "oom":
+        drawn = min(sc.gpu.capacity_gib - 0.4, state.mem_gib + rng.uniform(1.5, 3.0))
+    elif event.kind == "nccl":
+        drawn = rng.randint(20000, 99999)
+    before, after = voice.event_lines(state, event, rank, drawn)
+    for item in before:
+        yield item, 0.0
+    if event.extra_s:
+        yield None, event.extra_s
+    for item in after:
+        yield item, 0.0
+
+
+def validation_phase(sc, state, seg, rng, voice):
+    """Validation after a segment: samples, Val Loss and PPL, accuracy, BLEU/ROUGE-L."""
+    state.phase = "val"
+    forward_tokens_per_s = 3.0 * sc.cluster_tokens_per_s
+    batches = iters = None
+    if sc.loss_curve == "sft":
+        fit = int(seg.validation_s * 0.5 * forward_tokens_per_s / sc.seq_len)
+        samples = max(8, min(sc.val_samples, fit))
+        batches = int(math.ceil(samples / float(sc.micro_batch * sc.dp)))
+    else:
+        iters = max(1, int(seg.validation_s * 0.6 * forward_tokens_per_s
+                           / sc.tokens_per_step))
+        samples = iters * sc.global_batch
+        batches = iters
+    value = val_loss_at(sc, seg.last_step, rng)
+    loss_text = "%.4f" % value
+    bleu = rouge = None
+    if sc.instruction_set:
+        bleu = max(5.0, 48.0 - 18.0 * float(loss_text)) + rng.uniform(-1, 1)
+        rouge = max(0.2, 0.72 - 0.2 * float(loss_text)) + rng.uniform(-0.01, 0.01)
+    val = Validation(samples, batches, iters, value, loss_text, math.exp(float(loss_text)),
+                     bleu, rouge, seg.validation_s * 0.9)
+    lines, result_at = voice.validation_lines(state, seg, val)
+    for index, (item, delay) in enumerate(paced(lines, seg.validation_s, state.pacing_rng)):
+        state.warm_towards(0.85, delay)
+        if index == result_at:
+            state.val_history.append((len(state.loss_history), float(loss_text)))
+        yield item, delay
+
+
+def checkpoint_phase(sc, state, seg, rng, voice):
+    """Sharded checkpoint: path, shard progress n/n, state sizes, time it took."""
+    state.phase = "ckpt"
+    model_bytes, optim_bytes = checkpoint_bytes(sc)
+    total = model_bytes + optim_bytes
+    sharded = sc.method == "pretrain" or sc.strategy.startswith(("FSDP", "DeepSpeed"))
+    shards = sc.gpus if sharded else 1
+    writers = sc.nodes if sharded else 1
+    # Aim the write at 60-90% of the phase; beyond ~8 GB/s a node, stage asynchronously.
+    per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
+    asynchronous = per_node_gbs > 8.0
+    if asynchronous:
+        staged_gbs = min(per_node_gbs, rng.uniform(20, 25) * sc.per_node)
+        seconds = total / GB / writers / staged_gbs
+    else:
+        per_node_gbs = max(per_node_gbs, 0.05)
+        seconds = total / GB / writers / per_node_gbs
+    ckpt = CheckpointWrite(checkpoint_path(sc, seg.last_step, seg.epoch), model_bytes,
+                           optim_bytes, shards, writers, asynchronous, seconds)
+    lines, saved_at = voice.checkpoint_lines(state, seg, ckpt)
+    for index, (item, delay) in enumerate(paced(lines, seg.checkpoint_s, state.pacing_rng)):
+        state.warm_towards(0.3, delay)
+        if index == saved_at:
+            state.checkpoints += 1
+        yield item, delay
+    yield None, seg.gap_s
+
+
+def export_phase(sc, state, rng, voice):
+    """SafeTensors conversion with progress and real shard names; the final model path."""
+    state.phase = "export"
+    lines = voice.export_lines(state)
+    state.train_end = state.clock
+    for item, delay in paced(lines, sc.export_s, state.pacing_rng):
+        state.warm_towards(0.0, delay)
+        yield item, delay
+
+
+def run_phases(sc, state, glyphs, style="classic"):
+    """The whole run, phase by phase, as one stream of (line, delay), told in `style`.
+    Each line is stamped as it leaves, just before it is shown."""
     rng = random.Random(sc.seed * 7919 + 17)
     state.pacing_rng = random.Random(sc.seed * 7919 + 18)
-    for item in init_phase(sc, state, rng):
-        yield item
-    for seg in sc.segments:
-        for item in train_phase(sc, state, seg, rng, glyphs):
+    voice = make_voice(style, sc, glyphs)
+    state.style = voice.name
+
+    def phases():
+        for item in init_phase(sc, state, rng, voice):
             yield item
-        for item in validation_phase(sc, state, seg, rng):
+        for seg in sc.segments:
+            for item in train_phase(sc, state, seg, rng, voice, glyphs):
+                yield item
+            for item in validation_phase(sc, state, seg, rng, voice):
+                yield item
+            for item in checkpoint_phase(sc, state, seg, rng, voice):
+                yield item
+        for item in export_phase(sc, state, rng, voice):
             yield item
-        for item in checkpoint_phase(sc, state, seg, rng):
-            yield item
-    for item in export_phase(sc, state, rng):
-        yield item
-    state.phase = "done"
-    for text in summary_lines(sc, state, glyphs):
-        yield line(text, "box", ""), 0.0
+        state.phase = "done"
+        for item in voice.summary_lines(state, glyphs):
+            yield item, 0.0
+
+    for item, delay in phases():
+        yield stamp(item), delay
 
 
 # ==========================================================================================
@@ -1555,10 +2792,14 @@ def paint(text, code, color):
 
 
 def plain_text(item, color):
-    """One log line: `[time] [TAG] text`, coloured by kind when asked."""
+    """One log line: `[time] [TAG] text`, coloured by kind when asked. A line without a tag
+    (the summary box, framework styles) already is the whole line and is printed as it is."""
     if item.kind == "box":
         return paint(item.text, "good", color)
     body_color = {"phase": "phase", "warn": "warn", "error": "error", "good": "good"}
+    if not item.tag:
+        return paint(item.text, body_color[item.kind], color) if item.kind in body_color \
+            else item.text
     tag = paint("[%s] " % item.tag, "phase", color) if item.tag else ""
     body = paint(item.text, body_color[item.kind], color) if item.kind in body_color \
         else item.text
@@ -1708,7 +2949,7 @@ def run_many(args, renderer, pacer, first_seed):
         pacer.start_run()
         if hasattr(renderer, "start_run"):
             renderer.start_run(state)
-        drive(run_phases(sc, state, glyphs), state, renderer, pacer)
+        drive(run_phases(sc, state, glyphs, args.style), state, renderer, pacer)
         renderer.end_run(state)
         index += 1
         if args.runs is None or index < args.runs:
@@ -1836,6 +3077,10 @@ def build_parser():
     parser.add_argument("--list-models", action="store_true", help="list the known models")
     parser.add_argument("--gpus", type=gpu_count, metavar="N", help="number of GPUs (1-4096)")
     parser.add_argument("--gpu", type=str.lower, choices=list(GPUS), help="GPU type")
+    parser.add_argument("--style", type=str.lower, choices=list(STYLES) + ["random"],
+                        default="classic",
+                        help="tell the run as a framework logs it (see --list-styles)")
+    parser.add_argument("--list-styles", action="store_true", help="list the log styles")
     parser.add_argument("--humor", choices=("off", "some", "max"), default="some",
                         help="funny model/dataset/checkpoint names: never, sometimes, always")
     parser.add_argument("--version", action="version", version="llmtrain " + __version__)
@@ -1861,6 +3106,11 @@ def list_models():
     return "\n".join(lines) + "\n"
 
 
+def list_styles():
+    return "".join("%-11s %s\n" % (name, STYLE_TITLES[name])
+                   for name in list(STYLES) + ["random"])
+
+
 def wants_color(choice, stream, environ):
     if choice == "always":
         return True
@@ -1877,6 +3127,9 @@ def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list_models:
         sys.stdout.write(list_models())
+        return EXIT_OK
+    if args.list_styles:
+        sys.stdout.write(list_styles())
         return EXIT_OK
     first_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
     try:
