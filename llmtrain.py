@@ -2026,6 +2026,7 @@ class LightningVoice(FrameworkVoice):
         self.v_num = 0 if sc.first_step == 1 else 1 + sc.seed % 5
         self.val_loss = None
         self.best = None
+        self.saved = 0
 
     def startup_lines(self):
         sc = self.sc
@@ -2128,14 +2129,13 @@ class LightningVoice(FrameworkVoice):
         return lines, len(lines) - 1
 
     def checkpoint_lines(self, state, seg, ckpt):
+        """ModelCheckpoint(save_top_k=-1): every validation saves, ranked among those kept."""
         value = self.val_loss
-        head = "Epoch %d, global step %d: 'val_loss' " % (seg.epoch - 1, seg.last_step)
-        if self.best is None or value < self.best:
-            self.best = value
-            text = head + "reached %0.5f (best %0.5f), saving model to '%s' as top 1" % (
-                value, value, self.ckpt_path(seg.last_step))
-        else:
-            text = head + "was not in top 1"
+        self.best = value if self.best is None else min(self.best, value)
+        self.saved += 1
+        text = "Epoch %d, global step %d: 'val_loss' reached %0.5f (best %0.5f), saving model " \
+            "to '%s' as top %d" % (seg.epoch - 1, seg.last_step, value, self.best,
+                                   self.ckpt_path(seg.last_step), self.saved)
         return [line(text, "info", "")], 0
 
     def export_lines(self, state):

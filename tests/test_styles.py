@@ -251,9 +251,9 @@ def test_hf_eval_and_end_of_training_metrics_add_up(lt):
 LIGHTNING_BAR = re.compile(r"^Epoch (\d+): +(\d+)%\|(.{10})\| (\d+)/(\d+) \[(\d+:\d\d(?::\d\d)?)"
                            r"<(\d+:\d\d(?::\d\d)?), ([ \d]\d+\.\d\d)it/s, v_num=(\d+)"
                            r"((?:, \w+=[^,\]]+)*)\]$")
-LIGHTNING_CKPT = re.compile(r"^Epoch (\d+), global step (\d+): 'val_loss' (?:reached "
+LIGHTNING_CKPT = re.compile(r"^Epoch (\d+), global step (\d+): 'val_loss' reached "
                             r"(\d+\.\d{5}) \(best (\d+\.\d{5})\), saving model to '(.+)' as "
-                            r"top 1|was not in top 1)$")
+                            r"top (\d+)$")
 
 
 def readable(number):
@@ -307,6 +307,11 @@ def test_lightning_start_summary_bar_and_checkpoint_lines(lt):
                 assert value == "{:.3g}".format(number) or value == str(number)
         checkpoints = [LIGHTNING_CKPT.match(t) for t in out if LIGHTNING_CKPT.match(t)]
         assert [int(m.group(2)) for m in checkpoints] == [s.last_step for s in sc.segments]
+        # save_top_k=-1 keeps every checkpoint: the rank counts up, best is the running min.
+        assert [int(m.group(6)) for m in checkpoints] == list(range(1, len(sc.segments) + 1))
+        values = [float(m.group(3)) for m in checkpoints]
+        assert [float(m.group(4)) for m in checkpoints] == [
+            min(values[:i + 1]) for i in range(len(values))]
         limit = "max_epochs=%d" % sc.epochs if sc.first_step == 1 and sc.loss_curve == "sft" \
             else "max_steps=%d" % sc.total_steps
         assert "`Trainer.fit` stopped: `%s` reached." % limit in out
