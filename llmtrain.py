@@ -1147,9 +1147,10 @@ def progress_text(state, glyphs):
         "Epoch %d/%d %s %.1f%%  %s" % (state.epoch, sc.epochs,
                                        bar(in_epoch_done / sc.steps_per_epoch, 20, glyphs),
                                        pct, step_text),
-        "Loss: %s" % state.loss_text,
+        "Loss: %s" % (state.loss_text or "-"),
         "LR: %.3e" % state.lr,
-        "Grad Norm: %.3f" % state.grad_norm,
+        # Micro-steps of the first optimizer step come before any loss or gradient norm.
+        "Grad Norm: %s" % ("-" if state.grad_norm is None else "%.3f" % state.grad_norm),
         "GPU Mem: %.1f/%.1f GB" % (state.mem_gib, sc.gpu.capacity_gib),
         "%s tok/s" % fmt_int(state.tokens_per_s),
         "%s samples/s" % "{:,.1f}".format(state.tokens_per_s / sc.seq_len),
@@ -1694,7 +1695,7 @@ def gpu_grid_rows(sc, state, width, max_rows, glyphs):
                         row.append((gap, None))
                     row += gpu_cell(sc, state, node * sc.per_node + local, glyphs)
                 rows.append(clip_row(row, width))
-        return rows
+        return rows if max_rows > 1 else rows[1:2]
     group = 1
     while True:
         label_width = host_width if group == 1 else 2 * host_width + 1
@@ -1718,7 +1719,8 @@ def gpu_grid_rows(sc, state, width, max_rows, glyphs):
                 row.append((gap, None))
             row += cell
         rows.append(clip_row(row, width))
-    return rows
+    # One row is all there is: the cells matter more than the title.
+    return rows if max_rows > 1 else rows[1:2]
 
 
 def log_segments(item, stamp):
@@ -1968,6 +1970,8 @@ class DashboardRenderer(object):
         if key == 3:
             raise KeyboardInterrupt()
         if key == self.curses.KEY_RESIZE:
+            # What the terminal shows after a resize is unknown (reflowed, cut): repaint all.
+            self.scr.clearok(True)
             self.relayout()
 
     def relayout(self):
@@ -2155,6 +2159,9 @@ def open_dashboard(color, ascii_only):
     os.environ["TERM"] = term  # initscr reads $TERM again
     glyphs = ASCII_GLYPHS if ascii_only or not use_utf8_locale() else UNICODE_GLYPHS
     os.environ.setdefault("ESCDELAY", "25")
+    # Exported LINES/COLUMNS would pin the size: curses would never see a resize.
+    for name in ("LINES", "COLUMNS"):
+        os.environ.pop(name, None)
     try:
         screen = curses.initscr()
     except curses.error:
