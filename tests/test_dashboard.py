@@ -4,29 +4,24 @@ pseudo-terminal (stdlib pty, as terminal.md section 5) or a private tmux server.
 Every wait is on a condition with a deadline; nothing sleeps to make a test pass.
 """
 
-import fcntl
 import glob
 import os
 import re
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 
 import pytest
 
 from conftest import SCRIPT, load_llmtrain
+from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
 
 lt = load_llmtrain()
 
 WIDTHS = (1, 20, 40, 80, 120, 200)
-ENTER_ALT = b"\x1b[?1049h"
-LEAVE_ALT = b"\x1b[?1049l"
 SGR_COLOR = re.compile(rb"\x1b\[(?:[0-9;]*;)?3[0-7](?:;[0-9;]*)?m|\x1b\[38;5;")
 
 
@@ -191,107 +186,6 @@ def test_no_utf8_locale_means_ascii_glyphs(monkeypatch):
 # ------------------------------------------------------------------------------------------
 # The real program in a pseudo-terminal
 # ------------------------------------------------------------------------------------------
-
-class PtyRun(object):
-    """The program on a pty we own: its output read continuously, the slave kept open so
-    its modes can be read after the program is gone."""
-
-    def __init__(self, args, rows=24, cols=80, env=None, ctty=True, script_on_stdin=False,
-                 python=sys.executable):
-        self.master, self.slave = os.openpty()
-        self.resize(rows, cols)
-        self.modes = termios.tcgetattr(self.slave)
-        environ = dict(os.environ)
-        for name in ("NO_COLOR", "LC_ALL", "LANGUAGE", "COLUMNS", "LINES"):
-            environ.pop(name, None)
-        environ.update(TERM="xterm-256color", LANG="C.UTF-8")
-        for name, value in (env or {}).items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
-
-        def child_setup():
-            os.setsid()
-            if ctty:
-                fcntl.ioctl(1, termios.TIOCSCTTY, 0)
-        argv = [python, "-" if script_on_stdin else SCRIPT] + [str(a) for a in args]
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE if script_on_stdin else self.slave,
-            stdout=self.slave, stderr=self.slave, env=environ, preexec_fn=child_setup)
-        if script_on_stdin:
-            with open(SCRIPT, "rb") as source:
-                self.proc.stdin.write(source.read())
-            self.proc.stdin.close()
-        self.out = bytearray()
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.reader = threading.Thread(target=self.read_all)
-        self.reader.daemon = True
-        self.reader.start()
-
-    def read_all(self):
-        while not self.stopping:
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            with self.lock:
-                self.out += data
-
-    def output(self):
-        with self.lock:
-            return bytes(self.out)
-
-    def wait_for(self, predicate, timeout=10.0, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.output()):
-                return
-            if self.proc.poll() is not None and not predicate(self.output()):
-                time.sleep(0.05)  # let the reader drain what the program wrote last
-                if predicate(self.output()):
-                    return
-                break
-            time.sleep(0.02)
-        raise AssertionError("%s not met; rc=%s, output tail: %r" % (
-            what, self.proc.poll(), self.output()[-600:]))
-
-    def wait_drawn(self, alternate_screen=True):
-        self.wait_for(lambda out: (ENTER_ALT in out or not alternate_screen)
-                      and b"Epoch" in out and b"log" in out, what="first frame")
-
-    def resize(self, rows, cols):
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    def exit_within(self, seconds):
-        """The exit status, asserting the program ended within `seconds` from now."""
-        started = time.monotonic()
-        try:
-            status = self.proc.wait(timeout=seconds + 5)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("still running after %.1f s" % (seconds + 5))
-        took = time.monotonic() - started
-        assert took < seconds, "took %.2f s to exit" % took
-        return status
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.stopping = True
-        self.reader.join(2)
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
 
 @pytest.fixture
 def pty_run():
