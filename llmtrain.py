@@ -11,17 +11,24 @@ Usage:
     python3 llmtrain.py                     full-screen dashboard on a terminal, forever
     python3 llmtrain.py --plain             plain line log (the default when piped)
     python3 llmtrain.py --runs 1 --seed 7   one reproducible run
-    curl -sSL URL | python3 - --plain       straight from the web, options after "-"
+    curl -sSL URL | python3 -               straight from the web, options after "-"
 
 Options (see --help):
-    --plain  --color auto|always|never  --seed N  --speed F  --instant  --runs N
+    --plain  --color auto|always|never  --ascii  --seed N  --speed F  --instant  --runs N
     --exit-after 90s|5m|1h30m  --model NAME  --list-models  --gpus N
     --gpu a100-40g|a100|h100|h200|b200|mi300x  --humor off|some|max  --version
 
-Keys (dashboard): q or Ctrl-C quits. Nothing else is interactive.
+Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
+loss, LR, tok/s, and a chart of the training loss with validation points marked), the
+scrolling log with the progress line updated in place, and a grid of GPUs by node (one cell
+per node, min/avg/max, when there are too many). Resize at will; below 40x12 it says so.
+Keys: q (or Esc) and Ctrl-C quit. Nothing else is interactive.
 
-Environment: NO_COLOR disables colour under --color auto; TERM and the locale decide
-whether the dashboard can be drawn (otherwise the plain log is printed).
+Environment: NO_COLOR disables colour under --color auto. The plain log is printed instead
+of the dashboard when stdout is not a terminal, there is no terminal to read keys from,
+TERM is unset, empty or dumb, or curses is missing or cannot start; a TERM without a
+terminfo entry here is drawn as xterm(-256color) or vt100. In a locale that is not UTF-8,
+curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as --ascii).
 
 Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 128+signal when killed
 (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a vanished terminal, 131 for SIGQUIT).
@@ -1560,9 +1567,13 @@ def rule_row(title, width, glyphs):
 def header_lines(state, width, run_clock, glyphs):
     """Title, run progress and the current figures: three rows of at most `width` columns."""
     sc = state.sc
-    title = [(" llmtrain ", "title"), (" " + sc.model.name, "bold"),
-             ("  %s on %s" % (method_title(sc), sc.cluster_name), None),
-             ("  " + PHASE_LABELS.get(state.phase, state.phase), "phase")]
+    title = [(" llmtrain ", "title"), (" %s  " % PHASE_LABELS.get(state.phase, state.phase),
+                                        "phase"), (sc.model.name, "bold"),
+             ("  %s  %s" % (method_title(sc), sc.cluster_name), None)]
+    hint = "q quits "
+    room = width - len(row_text(title)) - len(hint)
+    if room >= 2:
+        title += [(" " * room, None), (hint, "dim")]
     if state.train_end is None:
         eta = "--:--"
     else:

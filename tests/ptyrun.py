@@ -22,7 +22,7 @@ class PtyRun(object):
     its modes can be read after the program is gone."""
 
     def __init__(self, args, rows=24, cols=80, env=None, ctty=True, script_on_stdin=False,
-                 python=sys.executable, watch=()):
+                 python=sys.executable, watch=(), script=SCRIPT):
         self.master, self.slave = os.openpty()
         self.resize(rows, cols)
         self.modes = termios.tcgetattr(self.slave)
@@ -41,7 +41,9 @@ class PtyRun(object):
             if ctty:
                 fcntl.ioctl(1, termios.TIOCSCTTY, 0)
         self.started = time.monotonic()
-        argv = [python, "-" if script_on_stdin else SCRIPT] + [str(a) for a in args]
+        # script=None runs the interpreter with args alone (e.g. "-c", code).
+        argv = [python] + (["-"] if script_on_stdin else [script] if script else []) \
+            + [str(a) for a in args]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE if script_on_stdin else self.slave,
             stdout=self.slave, stderr=self.slave, env=environ, preexec_fn=child_setup)
