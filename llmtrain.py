@@ -1968,11 +1968,11 @@ class DashboardRenderer(object):
         key = self.scr.getch()
         if key == -1:
             # A dead terminal returns at once however long the timeout: count those.
-            if wait_ms >= 20 and time.monotonic() - started < wait_ms / 4000.0:
+            if wait_ms and time.monotonic() - started < wait_ms / 4000.0:
                 self.quick_polls += 1
                 if self.quick_polls >= DEAD_TERMINAL_POLLS:
                     raise TerminalLost()
-            elif wait_ms >= 20:
+            elif wait_ms:
                 self.quick_polls = 0
             return
         self.quick_polls = 0

@@ -269,9 +269,10 @@ def test_hangup_ends_it_within_3_seconds(pty_run):
     assert run.exit_within(3.0) == 129
 
 
-def test_dead_terminal_without_sighup_ends_it_within_3_seconds(pty_run):
+@pytest.mark.parametrize("speed", [5, 500])
+def test_dead_terminal_without_sighup_ends_it_within_3_seconds(pty_run, speed):
     # No controlling terminal, so closing the master sends no SIGHUP: reads just fail.
-    run = pty_run("--seed", 7, "--speed", 5, ctty=False)
+    run = pty_run("--seed", 7, "--speed", speed, ctty=False)
     run.wait_drawn()
     started = time.monotonic()
     os.close(run.master)
