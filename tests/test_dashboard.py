@@ -435,14 +435,15 @@ def test_every_python_draws_and_quits(pty_run, python):
 class Tmux(object):
     """One pane on a tmux server of our own (its own socket); only it is ever killed."""
 
-    def __init__(self, tmp_path, args, cols, rows, env=""):
+    def __init__(self, tmp_path, args, cols, rows, env="", command=None):
         self.server = "llmtrain-test-%d" % os.getpid()
         config = tmp_path / "tmux.conf"
         config.write_text("set -g remain-on-exit on\nset -g default-terminal tmux-256color\n")
-        # The shell reports the status on the screen: tmux 3.3 leaves #{pane_dead_status}
-        # empty for some exits.
-        command = "env %s %s %s %s; echo \"[exit $?]\"" % (
-            env, sys.executable, SCRIPT, " ".join(str(a) for a in args))
+        if command is None:
+            # The shell reports the status on the screen: tmux 3.3 leaves
+            # #{pane_dead_status} empty for some exits.
+            command = "env %s %s %s %s; echo \"[exit $?]\"" % (
+                env, sys.executable, SCRIPT, " ".join(str(a) for a in args))
         self.tmux("-f", str(config), "new-session", "-d", "-s", "t", "-x", str(cols),
                   "-y", str(rows), command)
 
@@ -540,3 +541,26 @@ def test_resize_storm_in_tmux_redraws_for_each_size(tmux_pane):
     pane.tmux("send-keys", "-t", "t", "q")
     assert pane.exit_status() == "0"
     assert pane.pane("#{alternate_on}") == "0"
+
+
+def test_ctrl_z_and_fg_under_bash(tmux_pane):
+    # Job control needs a shell: curses' own SIGTSTP handler leaves and redraws the screen.
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    pane = tmux_pane(cols=100, rows=30, command="bash --norc --noprofile -i")
+    pane.tmux("send-keys", "-t", "t", "LANG=C.UTF-8 %s %s --seed 4 --speed 10"
+              % (sys.executable, SCRIPT), "Enter")
+    pane.wait_for(lambda ls: regions_drawn(ls, 100), what="first frame")
+    pane.tmux("send-keys", "-t", "t", "C-z")
+    pane.wait_for(lambda ls: any("Stopped" in l for l in ls), what="stopped job")
+    assert pane.pane("#{alternate_on} #{cursor_flag}") == "0 1"
+    pane.tmux("send-keys", "-t", "t", "fg", "Enter")
+    pane.wait_for(lambda ls: regions_drawn(ls, 100), what="redrawn after fg")
+    assert pane.pane("#{alternate_on}") == "1"
+    pane.tmux("send-keys", "-t", "t", "q")
+    deadline = time.monotonic() + 3
+    while pane.pane("#{pane_current_command}") != "bash" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pane.tmux("send-keys", "-t", "t", "echo \"[exit $?]\"", "Enter")
+    assert pane.exit_status() == "0"
+    assert pane.pane("#{alternate_on} #{cursor_flag}") == "0 1"
