@@ -1919,18 +1919,17 @@ class DashboardRenderer(object):
     # --- the renderer interface -------------------------------------------------------
     def start_run(self, state):
         self.state = state
-        self.chart_key = None
-        self.relayout()
+        self.relayout()  # a new scenario may need another grid height
 
     def emit(self, item, state):
         self.state = state
-        if item.kind == "grid":
-            pass  # the dashboard has its own grid
-        elif item.kind == "progress":
-            self.live = log_segments(item, time.strftime("%H:%M:%S"))
-            self.log_dirty = True
-        else:
-            self.log.append(log_segments(item, time.strftime("%H:%M:%S")))
+        # The plain log's GPU grid lines are skipped: the dashboard has a grid of its own.
+        if item.kind != "grid":
+            segments = log_segments(item, time.strftime("%H:%M:%S"))
+            if item.kind == "progress":
+                self.live = segments
+            else:
+                self.log.append(segments)
             self.log_dirty = True
         now = time.monotonic()
         if now - self.polled_at >= LOG_REFRESH_S:
@@ -1979,7 +1978,7 @@ class DashboardRenderer(object):
         if key in (ord("q"), ord("Q"), 27):
             raise Quit()
         if key == 3:
-            raise KeyboardInterrupt()
+            raise KeyboardInterrupt()  # ^C as a byte, where the terminal sends no SIGINT
         if key == self.curses.KEY_RESIZE:
             # What the terminal shows after a resize is unknown (reflowed, cut): repaint all.
             self.scr.clearok(True)
