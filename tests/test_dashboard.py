@@ -187,6 +187,59 @@ def test_no_utf8_locale_means_ascii_glyphs(monkeypatch):
     assert lt.use_utf8_locale() is False
 
 
+class FakeCurses(object):
+    """Just enough of curses for style_attributes: a terminal with few pairs whose
+    init_pair and use_default_colors fail the ways real builds do."""
+
+    class error(Exception):
+        pass
+
+    A_BOLD, A_DIM, A_REVERSE = 1 << 21, 1 << 20, 1 << 18
+    COLOR_BLACK, COLOR_RED, COLOR_GREEN, COLOR_YELLOW = 0, 1, 2, 3
+    COLOR_BLUE, COLOR_MAGENTA, COLOR_CYAN = 4, 5, 6
+
+    def __init__(self, pairs, colors, pair_error):
+        self.COLOR_PAIRS, self.COLORS, self.pair_error = pairs, colors, pair_error
+        self.pairs = {}
+
+    def has_colors(self):
+        return self.COLORS > 0
+
+    def start_color(self):
+        pass
+
+    def use_default_colors(self):
+        raise self.error("use_default_colors() returned ERR")
+
+    def init_pair(self, number, fg, bg):
+        if number == 2:
+            raise self.pair_error("init_pair() failed")
+        self.pairs[number] = (fg, bg)
+
+    def color_pair(self, number):
+        return number << 8
+
+
+@pytest.mark.parametrize("pair_error", ["error", ValueError])
+def test_colour_pairs_stay_in_range_and_failures_fall_back(pair_error):
+    fake = FakeCurses(pairs=4, colors=8, pair_error=pair_error)
+    if pair_error == "error":
+        fake.pair_error = fake.error
+    attrs = lt.style_attributes(fake, True)
+    assert set(fake.pairs) == {1, 3}  # below COLOR_PAIRS; pair 2 failed
+    assert all(bg == fake.COLOR_BLACK for _, bg in fake.pairs.values())
+    assert attrs["time"] == fake.color_pair(1)
+    assert attrs["phase"] == fake.A_BOLD  # its pair failed: bold instead
+    assert attrs["error"] == fake.A_BOLD  # no pair left for it
+
+
+def test_no_colours_means_attributes_only():
+    fake = FakeCurses(pairs=0, colors=0, pair_error=ValueError)
+    attrs = lt.style_attributes(fake, True)
+    assert not fake.pairs and attrs["title"] == fake.A_REVERSE and attrs["time"] == 0
+    assert lt.style_attributes(FakeCurses(64, 8, ValueError), False)["good"] == 0
+
+
 # ------------------------------------------------------------------------------------------
 # The real program in a pseudo-terminal
 # ------------------------------------------------------------------------------------------
