@@ -12,10 +12,10 @@ Usage:
     python3 llmtrain.py --plain             plain line log (the default when piped)
     python3 llmtrain.py --runs 1 --seed 7   one reproducible run
     python3 llmtrain.py --style megatron    the same kind of run as Megatron-LM would log it
-    curl -sSL URL | python3 - --plain       straight from the web, options after "-"
+    curl -sSL URL | python3 -               straight from the web, options after "-"
 
 Options (see --help):
-    --plain  --color auto|always|never  --seed N  --speed F  --instant  --runs N
+    --plain  --color auto|always|never  --ascii  --seed N  --speed F  --instant  --runs N
     --exit-after 90s|5m|1h30m  --model NAME  --list-models  --gpus N
     --gpu a100-40g|a100|h100|h200|b200|mi300x  --humor off|some|max  --version
     --style classic|hf|lightning|deepspeed|megatron|torchtitan|random  --list-styles
@@ -26,10 +26,17 @@ torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Ligh
 DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
 `random` picks one of those per run from the run's seed.
 
-Keys (dashboard): q or Ctrl-C quits. Nothing else is interactive.
+Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
+loss, LR, tok/s, and a chart of the training loss with validation points marked), the
+scrolling log with the progress line updated in place, and a grid of GPUs by node (one cell
+per node, min/avg/max, when there are too many). Resize at will; below 40x12 it says so.
+Keys: q (or Esc) and Ctrl-C quit. Nothing else is interactive.
 
-Environment: NO_COLOR disables colour under --color auto; TERM and the locale decide
-whether the dashboard can be drawn (otherwise the plain log is printed).
+Environment: NO_COLOR disables colour under --color auto. The plain log is printed instead
+of the dashboard when stdout is not a terminal, there is no terminal to read keys from,
+TERM is unset, empty or dumb, or curses is missing or cannot start; a TERM without a
+terminfo entry here is drawn as xterm(-256color) or vt100. In a locale that is not UTF-8,
+curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as --ascii).
 
 Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 128+signal when killed
 (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a vanished terminal, 131 for SIGQUIT).
@@ -85,6 +92,19 @@ MEMORY_HEADROOM = 0.93
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_SIGNAL_BASE = 128
+
+#: Below this size the dashboard shows a one-line "too small" notice instead of its regions.
+MIN_COLUMNS = 40
+MIN_ROWS = 12
+#: Log lines the dashboard keeps for a taller window; older ones are dropped.
+LOG_KEEP = 300
+#: Seconds between redraws of each region: the header ticks, the grid follows 2 s readings,
+#: the log at most 20 times a second however fast lines arrive.
+HEADER_REFRESH_S = 0.5
+GRID_REFRESH_S = 2.0
+LOG_REFRESH_S = 0.05
+#: getch() returning at once this many times in a row means the terminal is gone.
+DEAD_TERMINAL_POLLS = 25
 
 
 # ==========================================================================================
@@ -1085,9 +1105,10 @@ def progress_text(state, glyphs):
         "Epoch %d/%d %s %.1f%%  %s" % (state.epoch, sc.epochs,
                                        bar(in_epoch_done / sc.steps_per_epoch, 20, glyphs),
                                        pct, step_text),
-        "Loss: %s" % state.loss_text,
+        "Loss: %s" % (state.loss_text or "-"),
         "LR: %.3e" % state.lr,
-        "Grad Norm: %.3f" % state.grad_norm,
+        # Micro-steps of the first optimizer step come before any loss or gradient norm.
+        "Grad Norm: %s" % ("-" if state.grad_norm is None else "%.3f" % state.grad_norm),
         "GPU Mem: %.1f/%.1f GB" % (state.mem_gib, sc.gpu.capacity_gib),
         "%s tok/s" % fmt_int(state.tokens_per_s),
         "%s samples/s" % "{:,.2f}".format(state.tokens_per_s / sc.seq_len),
@@ -1096,8 +1117,8 @@ def progress_text(state, glyphs):
     return " | ".join(fields)
 
 
-def bar(fraction, width, glyphs):
-    """[#####-----] with partial cells where the glyph set has them."""
+def meter(fraction, width, glyphs):
+    """#####----- in `width` cells, with a partial cell where the glyph set has them."""
     fraction = max(0.0, min(1.0, fraction))
     cells = fraction * width
     full = int(cells)
@@ -1106,8 +1127,12 @@ def bar(fraction, width, glyphs):
     if full < width:
         index = int((cells - full) * len(partials))
         rest = partials[index] if index else glyphs["empty"]
-    return "[" + glyphs["full"] * full + rest + glyphs["empty"] * (width - full - len(rest)) \
-        + "]"
+    return glyphs["full"] * full + rest + glyphs["empty"] * (width - full - len(rest))
+
+
+def bar(fraction, width, glyphs):
+    """[#####-----] with partial cells where the glyph set has them."""
+    return "[" + meter(fraction, width, glyphs) + "]"
 
 
 def gpu_reading(sc, state, index):
@@ -1160,11 +1185,16 @@ def checkpoint_path(sc, step, epoch):
     return "%s/checkpoint-%d" % (root, step)
 
 
+def method_title(sc):
+    """The method without its hyper-parameters: 'LoRA', 'Full fine-tune'."""
+    return METHOD_TITLES[sc.method].split(" (")[0]
+
+
 def summary_lines(sc, state, glyphs):
     """The closing box; every figure is the one already shown."""
     final_loss = state.loss_text
     rows = [
-        "Model:           %s (%s)" % (sc.model.name, METHOD_TITLES[sc.method].split(" (")[0]),
+        "Model:           %s (%s)" % (sc.model.name, method_title(sc)),
         "Cluster:         %s" % sc.cluster_name,
     ]
     if sc.resumed_seconds:
@@ -2779,6 +2809,246 @@ def run_phases(sc, state, glyphs, style="classic"):
 
 
 # ==========================================================================================
+# Layout: pure line-builders for the dashboard. A row is a list of (text, style) segments,
+# never longer than the width it was built for; styles are looked up by the renderer.
+# ==========================================================================================
+
+#: What the header says the run is doing, per RunState.phase.
+PHASE_LABELS = {"init": "starting", "train": "training", "val": "validating",
+                "ckpt": "checkpointing", "export": "exporting", "done": "done"}
+
+#: The log's colour for each line kind (progress and info lines keep the default).
+KIND_STYLES = {"phase": "phase", "warn": "warn", "error": "error", "good": "good",
+               "box": "good"}
+
+Layout = collections.namedtuple(
+    "Layout", "rows cols chart_rows log_top log_rows grid_top grid_rows")
+
+
+def clip_row(segments, width):
+    """The row cut to `width` characters, without empty segments."""
+    out = []
+    room = width
+    for text, style in segments:
+        if room <= 0:
+            break
+        if text:
+            out.append((text[:room], style))
+            room -= len(out[-1][0])
+    return out
+
+
+def row_text(segments):
+    return "".join(text for text, _ in segments)
+
+
+def rule_row(title, width, glyphs):
+    """A separator line with a title: `-- GPUs ------`."""
+    return clip_row([(glyphs["hline"] * 2 + " ", "dim"), (title, "bold"),
+                     (" " + glyphs["hline"] * width, "dim")], width)
+
+
+def header_lines(state, width, run_clock, glyphs):
+    """Title, run progress and the current figures: three rows of at most `width` columns."""
+    sc = state.sc
+    title = [(" llmtrain ", "title"), (" %s  " % PHASE_LABELS.get(state.phase, state.phase),
+                                        "phase"), (sc.model.name, "bold"),
+             ("  %s  %s" % (method_title(sc), sc.cluster_name), None)]
+    hint = "q quits "
+    room = width - len(row_text(title)) - len(hint)
+    if room >= 2:
+        title += [(" " * room, None), (hint, "dim")]
+    if state.train_end is None:
+        eta = "--:--"
+    else:
+        eta = fmt_eta(max(0.0, state.train_end - run_clock))
+    where = "Epoch %d/%d  Step %s/%s " % (state.epoch, sc.epochs, fmt_int(max(0, state.step)),
+                                        fmt_int(sc.total_steps))
+    when = " %5.1f%%  Elapsed %s  ETA %s" % (100.0 * state.progress, fmt_duration(run_clock),
+                                             eta)
+    bar_width = width - len(where) - len(when) - 2
+    progress = [(where, None)]
+    if bar_width >= 5:
+        progress.append((bar(state.progress, bar_width, glyphs), "good"))
+    progress.append((when, None))
+    figures = [("Loss ", "dim"), (state.loss_text or "-", "bold")]
+    if state.val_history:
+        figures += [("  val %s " % glyphs["val"], "dim"), ("%.4f" % state.val_history[-1][1],
+                                                            "val")]
+    figures += [("  LR ", "dim"), ("%.3e" % state.lr, None),
+                ("  grad ", "dim"), ("-" if state.grad_norm is None
+                                     else "%.3f" % state.grad_norm, None),
+                ("  tok/s ", "dim"), (fmt_int(state.tokens_per_s), None),
+                ("  mem ", "dim"), ("%.1f/%.1f GiB" % (state.mem_gib, sc.gpu.capacity_gib),
+                                    None)]
+    return [clip_row(title, width), clip_row(progress, width), clip_row(figures, width)]
+
+
+def chart_scale(values):
+    """(low, high) on round steps, so the scale moves rarely as the loss falls."""
+    low, high = min(values), max(values)
+    # Steps of a fifth of the span's decade: 5-50 steps across, so little height is wasted.
+    unit = 10.0 ** math.floor(math.log10(max(high - low, 1e-3))) / 5.0
+    low = math.floor(low / unit) * unit
+    high = math.ceil(high / unit) * unit
+    return low, max(high, low + unit)
+
+
+def points_per_column(count, plot_width):
+    """A power of two, so drawn columns keep their values while the run grows."""
+    per = 1
+    while count > per * plot_width:
+        per *= 2
+    return per
+
+
+def loss_chart_lines(loss_history, val_history, width, height, glyphs):
+    """Training loss as bars of `height` rows, validation losses marked; the scale on the left."""
+    if height < 1 or width < 1:
+        return []
+    if not loss_history:
+        rows = [[] for _ in range(height)]
+        rows[height // 2] = clip_row([("  loss chart: waiting for the first step", "dim")],
+                                     width)
+        return rows
+    low, high = chart_scale(loss_history + [v for _, v in val_history])
+    labels = ["%.2f" % high] + [""] * (height - 2) + ["%.2f" % low] if height > 1 \
+        else ["%.2f" % high]
+    label_width = max(len(text) for text in labels) + 1
+    if width < label_width + 4:
+        label_width = 0
+    plot_width = width - label_width - (1 if label_width else 0)
+    per = points_per_column(len(loss_history), plot_width)
+    columns = [loss_history[i:i + per] for i in range(0, len(loss_history), per)]
+    spark = glyphs["spark"]
+    steps = len(spark) - 1
+    scale = height * steps / (high - low)
+    levels = [max(1, int(round((sum(c) / len(c) - low) * scale))) for c in columns]
+    marks = {}
+    for index, value in val_history:
+        column = max(0, index - 1) // per
+        if column < plot_width:
+            level = max(1, int(round((value - low) * scale)))
+            marks[column] = height - 1 - min(height - 1, (level - 1) // steps)
+    rows = []
+    for row in range(height):
+        floor = (height - 1 - row) * steps
+        cells = [spark[max(0, min(steps, level - floor))] for level in levels]
+        cells += [" "] * (plot_width - len(cells))
+        row_segments = []
+        if label_width:
+            row_segments.append((labels[row].rjust(label_width - 1) + " " + glyphs["vline"],
+                                 "dim"))
+        start = 0
+        for column in sorted(c for c, r in marks.items() if r == row):
+            row_segments += [("".join(cells[start:column]), "good"), (glyphs["val"], "val")]
+            start = column + 1
+        row_segments.append(("".join(cells[start:]), "good"))
+        rows.append(clip_row(row_segments, width))
+    return rows
+
+
+def gpu_cell(sc, state, index, glyphs):
+    """One GPU: util bar and %, temperature, memory bar and GiB, power."""
+    util, temp, power = gpu_reading(sc, state, index)
+    return [("%d " % (index % sc.per_node), "dim"), (meter(util / 100.0, 4, glyphs), "good"),
+            ("%3d%% " % util, None), ("%2dC " % temp, "warn" if temp >= 80 else None),
+            (meter(state.mem_gib / sc.gpu.capacity_gib, 3, glyphs), "phase"),
+            ("%3.0fG %4dW" % (state.mem_gib, power), None)]
+
+
+def node_cell(sc, state, first, last, label_width, glyphs):
+    """Nodes first..last as one cell: util, temperature and power as min/avg/max."""
+    readings = [gpu_reading(sc, state, i) for i in range(first * sc.per_node,
+                                                         (last + 1) * sc.per_node)]
+    utils, temps, powers = zip(*readings)
+    label = sc.hosts[first] if first == last else "%s-%s" % (sc.hosts[first], sc.hosts[last])
+    spread = ["%d/%d/%d" % (min(v), sum(v) // len(v), max(v)) for v in (utils, temps, powers)]
+    return [(label.ljust(label_width) + " ", "phase"),
+            (meter(sum(utils) / 100.0 / len(utils), 4, glyphs), "good"),
+            (" %s%% %sC %sW" % tuple(spread), None)]
+
+
+def gpu_grid_rows(sc, state, width, max_rows, glyphs):
+    """The GPU grid in at most `max_rows` rows: a title, then one cell per GPU grouped by node,
+    or, when those do not fit, one cell per node (or run of nodes) with min/avg/max."""
+    if max_rows < 1 or width < 1:
+        return []
+    body = max(1, max_rows - 1)
+    gap = "  "
+    host_width = max(len(host) for host in sc.hosts)
+    per_gpu_width = len(row_text(gpu_cell(sc, state, 0, glyphs)))
+    per_row = (width - host_width - 1 + len(gap)) // (per_gpu_width + len(gap))
+    if per_row >= 1 and sc.nodes * int(math.ceil(sc.per_node / float(per_row))) <= body:
+        rows = [rule_row("GPUs: util, temp, memory, power", width, glyphs)]
+        for node in range(sc.nodes):
+            for start in range(0, sc.per_node, per_row):
+                label = sc.hosts[node] if start == 0 else ""
+                row = [(label.ljust(host_width) + " ", "phase")]
+                for local in range(start, min(sc.per_node, start + per_row)):
+                    if local > start:
+                        row.append((gap, None))
+                    row += gpu_cell(sc, state, node * sc.per_node + local, glyphs)
+                rows.append(clip_row(row, width))
+        return rows if max_rows > 1 else rows[1:2]
+    group = 1
+    while True:
+        label_width = host_width if group == 1 else 2 * host_width + 1
+        cell_width = label_width + 1 + 4 + len(" 100/100/100% 99/99/99C 1000/1000/1000W")
+        per_row = max(1, (width + len(gap)) // (cell_width + len(gap)))
+        groups = int(math.ceil(sc.nodes / float(group)))
+        if int(math.ceil(groups / float(per_row))) <= body or group >= sc.nodes:
+            break
+        group *= 2
+    title = "GPUs per node" if group == 1 else "GPUs per %d nodes" % group
+    rows = [rule_row("%s (%d per node): util, temp, power as min/avg/max" % (
+        title, sc.per_node), width, glyphs)]
+    cells = [node_cell(sc, state, first, min(sc.nodes, first + group) - 1, label_width, glyphs)
+             for first in range(0, sc.nodes, group)]
+    for start in range(0, len(cells), per_row):
+        if len(rows) > body:
+            break
+        row = []
+        for cell in cells[start:start + per_row]:
+            if row:
+                row.append((gap, None))
+            row += cell
+        rows.append(clip_row(row, width))
+    # One row is all there is: the cells matter more than the title.
+    return rows if max_rows > 1 else rows[1:2]
+
+
+def log_segments(item, stamp):
+    """One log line as (text, style) segments: time magenta, tag cyan, the text coloured by
+    its kind. A line without a tag (framework styles) carries its own prefix and time."""
+    if not item.tag:
+        return [(item.text, KIND_STYLES.get(item.kind))]
+    return [(stamp + " ", "time"), ("[%s] " % item.tag, "phase"),
+            (item.text, KIND_STYLES.get(item.kind))]
+
+
+def log_rows(entries, live, width, count):
+    """The last `count` log lines, the live progress line pinned below them as tqdm does."""
+    if count < 1:
+        return []
+    shown = list(entries)[-(count - 1 if live else count):] if count > 1 or not live else []
+    if live:
+        shown.append(live)
+    return [clip_row(segments, width) for segments in shown[-count:]]
+
+
+def dashboard_layout(rows, cols, grid_rows_within):
+    """Where each region goes on a rows x cols screen, or None when it is too small.
+    grid_rows_within(cap) says how many rows the GPU grid takes when given at most cap."""
+    if rows < MIN_ROWS or cols < MIN_COLUMNS:
+        return None
+    chart_rows = 2 if rows < 20 else 3 if rows < 30 else 5 if rows < 45 else 8
+    header = 3 + chart_rows
+    grid = max(2, min(grid_rows_within(max(2, (rows - header) // 3)), (rows - header) // 2))
+    return Layout(rows, cols, chart_rows, header, rows - header - grid, rows - grid, grid)
+
+
+# ==========================================================================================
 # Renderers: the plain line log (the dashboard draws the same run from RunState)
 # ==========================================================================================
 
@@ -2794,16 +3064,8 @@ def paint(text, code, color):
 def plain_text(item, color):
     """One log line: `[time] [TAG] text`, coloured by kind when asked. A line without a tag
     (the summary box, framework styles) already is the whole line and is printed as it is."""
-    if item.kind == "box":
-        return paint(item.text, "good", color)
-    body_color = {"phase": "phase", "warn": "warn", "error": "error", "good": "good"}
-    if not item.tag:
-        return paint(item.text, body_color[item.kind], color) if item.kind in body_color \
-            else item.text
-    tag = paint("[%s] " % item.tag, "phase", color) if item.tag else ""
-    body = paint(item.text, body_color[item.kind], color) if item.kind in body_color \
-        else item.text
-    return "%s %s%s" % (paint(timestamp(), "time", color), tag, body)
+    return "".join(paint(text, style, color) if style else text
+                   for text, style in log_segments(item, timestamp()))
 
 
 class PlainRenderer(object):
@@ -2857,6 +3119,353 @@ def pick_glyphs(stream):
     except (UnicodeEncodeError, LookupError):
         return ASCII_GLYPHS
     return UNICODE_GLYPHS
+
+
+# ==========================================================================================
+# Renderers: the curses dashboard (header and loss chart, scrolling log, GPU grid)
+# ==========================================================================================
+
+class Quit(Exception):
+    """q was pressed on the dashboard: end quietly with status 0."""
+
+
+class TerminalLost(Exception):
+    """The terminal went away (hangup without SIGHUP, dead pty): status 129."""
+
+
+def style_attributes(curses, color):
+    """A curses attribute per segment style: colour pairs where the terminal has them (the
+    8 basic colours), bold and reverse otherwise."""
+    attrs = {None: 0, "time": 0, "phase": curses.A_BOLD, "warn": curses.A_BOLD,
+             "error": curses.A_BOLD, "good": 0, "val": curses.A_BOLD, "dim": curses.A_DIM,
+             "bold": curses.A_BOLD, "title": curses.A_REVERSE}
+    if not color or not curses.has_colors():
+        return attrs
+    try:
+        curses.start_color()
+    except curses.error:
+        return attrs
+    background = -1
+    try:
+        curses.use_default_colors()
+    except curses.error:
+        background = curses.COLOR_BLACK
+    palette = [("time", curses.COLOR_MAGENTA), ("phase", curses.COLOR_CYAN),
+               ("warn", curses.COLOR_YELLOW), ("error", curses.COLOR_RED),
+               ("good", curses.COLOR_GREEN), ("val", curses.COLOR_YELLOW),
+               ("title", curses.COLOR_CYAN)]
+    for number, (style, colour) in enumerate(palette, 1):
+        if number >= curses.COLOR_PAIRS or colour >= curses.COLORS:
+            continue
+        try:
+            curses.init_pair(number, colour, background)
+        except (curses.error, ValueError):
+            # Python 3.10+ raises ValueError for pairs or colours the terminal lacks.
+            continue
+        attrs[style] = curses.color_pair(number) | (attrs[style] & ~curses.A_DIM)
+    return attrs
+
+
+class DashboardRenderer(object):
+    """Draws the run full screen. Regions redraw on their own schedule and only what changed
+    reaches the terminal (curses sends the difference); keys are read while idle."""
+
+    def __init__(self, curses, screen, glyphs, color):
+        self.curses = curses
+        self.scr = screen
+        self.glyphs = glyphs
+        self.styles = style_attributes(curses, color)
+        self.pacer = None
+        self.state = None
+        self.log = collections.deque(maxlen=LOG_KEEP)
+        self.live = None
+        self.layout = None
+        self.size = screen.getmaxyx()
+        self.drawn_at = {"header": 0.0, "grid": 0.0, "log": 0.0}
+        self.log_dirty = True
+        self.chart_key = None
+        self.quick_polls = 0
+        self.polled_at = 0.0
+        self.closed = False
+        try:
+            curses.curs_set(0)
+        except curses.error:
+            pass  # vt100 and some terminals cannot hide the cursor
+        # Lets curses scroll the log region with the terminal's own scrolling.
+        screen.idlok(True)
+
+    # --- the renderer interface -------------------------------------------------------
+    def start_run(self, state):
+        self.state = state
+        self.relayout()  # a new scenario may need another grid height
+
+    def emit(self, item, state):
+        self.state = state
+        # The plain log's GPU grid lines are skipped: the dashboard has a grid of its own.
+        if item.kind != "grid":
+            segments = log_segments(item, time.strftime("%H:%M:%S"))
+            if item.kind == "progress":
+                self.live = segments
+            else:
+                self.log.append(segments)
+            self.log_dirty = True
+        now = time.monotonic()
+        if now - self.polled_at >= LOG_REFRESH_S:
+            # With --instant the driver never idles: read keys here too.
+            self.polled_at = now
+            self.read_key(0)
+        self.draw()
+
+    def idle(self, seconds):
+        deadline = time.monotonic() + seconds
+        while True:
+            self.draw()
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            self.read_key(min(deadline, self.next_draw()) - now)
+
+    def end_run(self, state):
+        self.state = state
+        self.draw(force=True)
+
+    def close(self):
+        """Give the terminal back as it was found: the one restore path, safe to repeat."""
+        if self.closed:
+            return
+        self.closed = True
+        end_curses(self.curses)
+
+    # --- keys and size ----------------------------------------------------------------
+    def read_key(self, seconds):
+        """Wait up to `seconds` for a key; q quits, a resize lays the screen out again."""
+        wait_ms = max(0, int(seconds * 1000))
+        self.scr.timeout(wait_ms)
+        started = time.monotonic()
+        key = self.scr.getch()
+        if key == -1:
+            # A dead terminal returns at once however long the timeout: count those.
+            if wait_ms and time.monotonic() - started < wait_ms / 4000.0:
+                self.quick_polls += 1
+                if self.quick_polls >= DEAD_TERMINAL_POLLS:
+                    raise TerminalLost()
+            elif wait_ms:
+                self.quick_polls = 0
+            return
+        self.quick_polls = 0
+        if key in (ord("q"), ord("Q"), 27):
+            raise Quit()
+        if key == 3:
+            raise KeyboardInterrupt()  # ^C as a byte, where the terminal sends no SIGINT
+        if key == self.curses.KEY_RESIZE:
+            # What the terminal shows after a resize is unknown (reflowed, cut): repaint all.
+            self.scr.clearok(True)
+            self.relayout()
+
+    def relayout(self):
+        """Fit the regions to the terminal's size as it is now, and redraw all of them."""
+        self.curses.update_lines_cols()
+        self.size = rows, cols = self.scr.getmaxyx()
+        self.scr.erase()
+        state = self.state
+        if state is None:
+            self.layout = None
+        else:
+            self.layout = dashboard_layout(rows, cols, lambda cap: len(
+                gpu_grid_rows(state.sc, state, cols, cap, self.glyphs)))
+        if self.layout is None and state is not None:
+            self.put(0, 0, "Terminal too small (%dx%d, needs %dx%d). q quits." % (
+                cols, rows, MIN_COLUMNS, MIN_ROWS), self.styles["bold"])
+        self.chart_key = None
+        self.draw(force=True)
+
+    # --- drawing ----------------------------------------------------------------------
+    def put(self, y, x, text, attr=0):
+        """Write clipped to the screen; the bottom-right cell is never written."""
+        rows, cols = self.size
+        if not (0 <= y < rows and 0 <= x < cols):
+            return
+        room = cols - x - (1 if y == rows - 1 else 0)
+        if room <= 0:
+            return
+        try:
+            self.scr.addnstr(y, x, text, room, attr)
+        except self.curses.error:
+            pass
+
+    def put_row(self, y, segments):
+        """One row of segments, the rest of the line cleared."""
+        x = 0
+        for text, style in segments:
+            self.put(y, x, text, self.styles.get(style, 0))
+            x += len(text)
+        if x < self.size[1]:
+            try:
+                self.scr.move(y, x)
+                self.scr.clrtoeol()
+            except self.curses.error:
+                pass
+
+    def next_draw(self):
+        """When the next region is due (the header ticks, the grid follows its readings)."""
+        if self.layout is None:
+            return float("inf")  # the too-small notice needs no redraws
+        due = min(self.drawn_at["header"] + HEADER_REFRESH_S,
+                  self.drawn_at["grid"] + GRID_REFRESH_S)
+        if self.log_dirty:
+            due = min(due, self.drawn_at["log"] + LOG_REFRESH_S)
+        return due
+
+    def draw(self, force=False):
+        """Redraw the regions that are due, then send the difference in one update."""
+        layout = self.layout
+        if layout is None or self.state is None:
+            self.update()
+            return
+        now = time.monotonic()
+        drew = False
+        if self.log_dirty and (force or now >= self.drawn_at["log"] + LOG_REFRESH_S):
+            self.draw_log(layout)
+            self.drawn_at["log"] = now
+            self.log_dirty = False
+            drew = True
+        if force or now >= self.drawn_at["header"] + HEADER_REFRESH_S:
+            self.draw_header(layout)
+            self.drawn_at["header"] = now
+            drew = True
+        if force or now >= self.drawn_at["grid"] + GRID_REFRESH_S:
+            rows = gpu_grid_rows(self.state.sc, self.state, layout.cols, layout.grid_rows,
+                                 self.glyphs)
+            for index in range(layout.grid_rows):
+                self.put_row(layout.grid_top + index, rows[index] if index < len(rows) else [])
+            self.drawn_at["grid"] = now
+            drew = True
+        if drew:
+            self.update()
+
+    def draw_header(self, layout):
+        state = self.state
+        clock = self.pacer.run_clock(state) if self.pacer is not None else state.clock
+        rows = header_lines(state, layout.cols, clock, self.glyphs)
+        for index, segments in enumerate(rows):
+            self.put_row(index, segments)
+        # The chart only changes with a new loss or validation point.
+        key = (len(state.loss_history), len(state.val_history), id(state))
+        if key != self.chart_key:
+            self.chart_key = key
+            chart = loss_chart_lines(state.loss_history, state.val_history, layout.cols,
+                                     layout.chart_rows, self.glyphs)
+            for index, segments in enumerate(chart):
+                self.put_row(len(rows) + index, segments)
+
+    def draw_log(self, layout):
+        self.put_row(layout.log_top, rule_row("log", layout.cols, self.glyphs))
+        lines = log_rows(self.log, self.live, layout.cols, layout.log_rows - 1)
+        for index in range(layout.log_rows - 1):
+            self.put_row(layout.log_top + 1 + index, lines[index] if index < len(lines) else [])
+
+    def update(self):
+        try:
+            self.scr.noutrefresh()
+            self.curses.doupdate()
+        except self.curses.error:
+            pass  # a terminal that has gone away is noticed by read_key
+
+
+def end_curses(curses):
+    """Cursor back on, modes and screen restored; each step survives a dead terminal."""
+    for restore in (lambda: curses.curs_set(1), curses.endwin):
+        try:
+            restore()
+        except curses.error:
+            pass
+
+
+# ==========================================================================================
+# Terminal detection: the dashboard where curses can drive the terminal, else the plain log
+# ==========================================================================================
+
+def attach_keyboard():
+    """Keys come from the terminal even when the script itself arrived on stdin
+    (`curl ... | python3 -`): put /dev/tty on fd 0. False when there is no terminal."""
+    if os.isatty(0):
+        return True
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.dup2(tty, 0)
+    os.close(tty)
+    return True
+
+
+def pick_term(curses, term):
+    """A terminfo entry that can address the cursor: $TERM or a close relative; None for
+    dumb, unset or unknown terminals."""
+    if not term or term == "dumb":
+        return None
+    for name in (term, "xterm-256color" if "256" in term else "xterm", "vt100"):
+        try:
+            curses.setupterm(name, sys.stdout.fileno())
+        except curses.error:
+            continue
+        # The first successful setupterm latches (later ones are no-ops): judge this one.
+        if curses.tigetstr("cup") and curses.tigetstr("clear"):
+            return name
+        return None
+    return None
+
+
+def use_utf8_locale():
+    """True when curses can draw Unicode: the locale is UTF-8 or can be switched to one."""
+    import locale
+    if locale.nl_langinfo(locale.CODESET).upper().replace("-", "") == "UTF8":
+        return True
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8", "en_US.utf8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        return True
+    return False
+
+
+def open_dashboard(color, ascii_only):
+    """The dashboard on this terminal, or None where curses cannot drive it (not a terminal,
+    no curses module, no terminfo entry, initscr failing)."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        import curses
+    except ImportError:
+        return None
+    if not attach_keyboard():
+        return None
+    term = pick_term(curses, os.environ.get("TERM", ""))
+    if term is None:
+        return None
+    os.environ["TERM"] = term  # initscr reads $TERM again
+    glyphs = ASCII_GLYPHS if ascii_only or not use_utf8_locale() else UNICODE_GLYPHS
+    os.environ.setdefault("ESCDELAY", "25")
+    # Exported LINES/COLUMNS would pin the size: curses would never see a resize.
+    for name in ("LINES", "COLUMNS"):
+        os.environ.pop(name, None)
+    try:
+        screen = curses.initscr()
+    except curses.error:
+        return None
+    renderer = None
+    try:
+        curses.noecho()
+        curses.cbreak()
+        screen.keypad(True)
+        renderer = DashboardRenderer(curses, screen, glyphs, color)
+    except curses.error:
+        pass  # e.g. cbreak() without a terminal for its modes: the plain log it is
+    finally:
+        if renderer is None:
+            end_curses(curses)
+    return renderer
 
 
 # ==========================================================================================
@@ -2988,6 +3597,14 @@ def ignore_signals():
                 pass
 
 
+def close_renderer(renderer):
+    """Restore the terminal (dashboard) or end the live line (plain log), whatever happened."""
+    try:
+        renderer.close()
+    except BrokenPipeError:
+        silence_stdout()
+
+
 def silence_stdout():
     """After EPIPE, point stdout at /dev/null so the final flush cannot complain."""
     try:
@@ -3064,6 +3681,9 @@ def build_parser():
                         help="plain line log instead of the dashboard (default when piped)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour output (auto: on a terminal unless NO_COLOR is set)")
+    parser.add_argument("--ascii", action="store_true",
+                        help="ASCII bars and chart (for fonts or CJK terminals that draw "
+                             "block characters double-width)")
     parser.add_argument("--seed", type=seed_value, help="same seed, same run")
     parser.add_argument("--speed", type=speed_value, default=1.0,
                         help="run F times faster than real time (default 1)")
@@ -3138,27 +3758,35 @@ def main(argv=None):
         parser.error(str(error))
     pacer = Pacer(args.speed, args.instant, args.exit_after)
     stream = sys.stdout
-    renderer = PlainRenderer(stream, wants_color(args.color, stream, os.environ),
-                             redraw=stream.isatty())
-    renderer.glyphs = pick_glyphs(stream)
-    renderer.pacer = pacer
+    color = wants_color(args.color, stream, os.environ)
+    # Our handlers go in before initscr, so curses installs none of its own for SIGTERM.
     install_signal_handlers()
     status = EXIT_OK
+    renderer = None
     try:
-        run_many(args, renderer, pacer, first_seed)
-    except ExitAfter:
+        try:
+            renderer = None if args.plain else open_dashboard(color, args.ascii)
+            if renderer is None:
+                renderer = PlainRenderer(stream, color, redraw=stream.isatty())
+                renderer.glyphs = ASCII_GLYPHS if args.ascii else pick_glyphs(stream)
+            renderer.pacer = pacer
+            run_many(args, renderer, pacer, first_seed)
+        finally:
+            ignore_signals()
+            if renderer is not None:
+                close_renderer(renderer)
+    except (ExitAfter, Quit):
         status = EXIT_OK
     except KeyboardInterrupt:
         status = EXIT_SIGNAL_BASE + signal.SIGINT
     except Terminated as stop:
         status = EXIT_SIGNAL_BASE + stop.signum
+    except TerminalLost:
+        status = EXIT_SIGNAL_BASE + signal.SIGHUP
     except BrokenPipeError:
         silence_stdout()
         return EXIT_OK
-    finally:
-        ignore_signals()
     try:
-        renderer.close()
         stream.flush()
     except BrokenPipeError:
         silence_stdout()
