@@ -79,6 +79,9 @@ UPDATE_SECONDS = (0.3, 1.0)
 GRID_EVERY_SECONDS = 12.0
 NCCL_EVERY_SECONDS = 9.0
 
+#: A line this late (seconds of wall time) means the process was stopped: resume, no burst.
+STALL_SECONDS = 1.0
+
 MAX_GPUS = 4096
 DEFAULT_GPU_CHOICES = (8, 16, 16, 32, 32, 64)
 GIB = float(1 << 30)
@@ -3502,6 +3505,11 @@ class Pacer(object):
 
     def advance(self, state, seconds, idle):
         """Move the run's clock on by `seconds`, waiting in idle() until the wall agrees."""
+        if not self.instant:
+            late = self.monotonic() - (self.anchor + state.clock / self.speed)
+            if late > STALL_SECONDS:
+                # Suspended (Ctrl-Z) or starved: carry on from here rather than replay the gap.
+                self.anchor += late
         state.clock += seconds
         self.check_exit()
         if self.instant:

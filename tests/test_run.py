@@ -429,3 +429,24 @@ def test_exit_after_stops_on_the_wall_clock():
         for _ in range(1000):
             pacer.advance(state, 1.0, idle)
     assert now[0] == pytest.approx(90.0, abs=0.3)
+
+
+def test_pacer_resumes_after_a_stop_instead_of_replaying_it():
+    """After Ctrl-Z and fg the wall clock has jumped: lines keep their spacing, no burst."""
+    now = [0.0]
+    idled = []
+
+    def idle(seconds):
+        idled.append(seconds)
+        now[0] += seconds
+
+    pacer = lt.Pacer(speed=1.0, monotonic=lambda: now[0])
+    pacer.start_run()
+    state = lt.RunState(lt.build_scenario(5))
+    for _ in range(5):
+        pacer.advance(state, 0.5, idle)
+    now[0] += 40.0  # the process sat stopped for 40 s
+    resumed_at = now[0]
+    for _ in range(4):
+        pacer.advance(state, 0.5, idle)
+    assert now[0] - resumed_at == pytest.approx(2.0, abs=1e-9)
