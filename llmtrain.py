@@ -472,7 +472,9 @@ Event = collections.namedtuple("Event", "kind step size extra_s")
 
 def plan_events(rng, sc):
     """Rare events for this run (each recovers and the run goes on), with the time they cost."""
-    kinds = ["spike", "nan", "oom", "nccl"]
+    kinds = ["spike", "nan"] + (["nccl"] if sc.gpus > 1 else [])
+    if sc.memory_gib > 0.8 * sc.gpu.capacity_gib:
+        kinds.append("oom")  # an allocation spike only runs out where memory is already tight
     if sc.precision == "fp16":
         kinds.append("overflow")
     lo = sc.first_step + max(3, sc.session_steps // 8)
@@ -1472,10 +1474,11 @@ class ClassicVoice(object):
                          "to %.1f" % state.loss_scale, "warn", "AMP")], []
         if event.kind == "oom":
             capacity = sc.gpu.capacity_gib
-            return [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 "
+            in_use, tried = drawn
+            return [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f "
                          "GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is "
-                         "free." % (rank % sc.per_node, capacity, capacity - drawn), "error",
-                         "rank%d" % rank),
+                         "free." % (tried, rank % sc.per_node, capacity, capacity - in_use),
+                         "error", "rank%d" % rank),
                     line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
                          "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
                          tag)], \
@@ -1808,11 +1811,12 @@ class FrameworkVoice(ClassicVoice):
         if event.kind == "oom":
             capacity = sc.gpu.capacity_gib
             runtime = "HIP" if sc.gpu.vendor == "amd" else "CUDA"
+            in_use, tried = drawn
             return [line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
-                         "allocate 2.00 GiB. GPU %d has a total capacity of %.2f GiB of which "
+                         "allocate %.2f GiB. GPU %d has a total capacity of %.2f GiB of which "
                          "%.2f GiB is free. Including non-PyTorch memory, this process has "
-                         "%.2f GiB memory in use." % (rank, runtime, rank % sc.per_node,
-                                                      capacity, capacity - drawn, drawn),
+                         "%.2f GiB memory in use." % (rank, runtime, tried, rank % sc.per_node,
+                                                      capacity, capacity - in_use, in_use),
                          "error", "")] \
                 + self.relog(before[1:]), self.relog(after)
         if event.kind == "nccl":
@@ -2703,7 +2707,9 @@ def event_phase(sc, state, event, rng, voice):
     if event.kind == "overflow":
         state.loss_scale /= 2
     elif event.kind == "oom":
-        drawn = min(sc.gpu.capacity_gib - 0.4, state.mem_gib + rng.uniform(1.5, 3.0))
+        # (GiB in use, GiB asked for): a long batch asks for more than the little left free.
+        free = rng.uniform(0.3, 1.6)
+        drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
     elif event.kind == "nccl":
         drawn = rng.randint(20000, 99999)
     before, after = voice.event_lines(state, event, rank, drawn)

@@ -450,3 +450,24 @@ def test_pacer_resumes_after_a_stop_instead_of_replaying_it():
     for _ in range(4):
         pacer.advance(state, 0.5, idle)
     assert now[0] - resumed_at == pytest.approx(2.0, abs=1e-9)
+
+
+OOM = re.compile(r"Tried to allocate ([\d.]+) GiB\. GPU (\d) has a total capacity of ([\d.]+) GiB "
+                 r"of which ([\d.]+) GiB is free")
+
+
+def test_an_oom_only_happens_where_memory_is_tight_and_its_numbers_add_up():
+    checked = 0
+    for seed in range(300):
+        sc = lt.build_scenario(seed)
+        if not any(event.kind == "oom" for event in sc.events):
+            continue
+        assert sc.memory_gib > 0.8 * sc.gpu.capacity_gib
+        sc, state, lines = record(seed)
+        match = find(lines, OOM)
+        tried, gpu, capacity, free = (float(g) for g in match.groups())
+        assert capacity == pytest.approx(sc.gpu.capacity_gib, abs=0.01)
+        assert tried > free and 0 < free < capacity - sc.memory_gib + 0.01
+        assert int(gpu) < sc.per_node
+        checked += 1
+    assert checked >= 3
