@@ -3036,14 +3036,42 @@ def log_segments(item, stamp):
             (item.text, KIND_STYLES.get(item.kind))]
 
 
+def wrap_row(segments, width, indent=2):
+    """A log line folded into rows of `width`, the continuations indented, as `tail -f`
+    would show it: a long framework line keeps its numbers in a narrow terminal."""
+    if width <= indent + 8:
+        return [clip_row(segments, width)]
+    rows = []
+    row = []
+    room = width
+    for text, style in segments:
+        while text:
+            if room == 0:
+                rows.append(row)
+                row = [(" " * indent, None)]
+                room = width - indent
+            row.append((text[:room], style))
+            room -= len(row[-1][0])
+            text = text[len(row[-1][0]):]
+    rows.append(row)
+    return rows
+
+
 def log_rows(entries, live, width, count):
-    """The last `count` log lines, the live progress line pinned below them as tqdm does."""
+    """The last `count` rows of the log, long lines wrapped; the live progress line is
+    pinned below them, clipped to one row as tqdm keeps it."""
     if count < 1:
         return []
-    shown = list(entries)[-(count - 1 if live else count):] if count > 1 or not live else []
+    room = count - 1 if live else count
+    rows = []
+    for segments in reversed(entries):
+        if len(rows) >= room:
+            break
+        rows[:0] = wrap_row(segments, width)
+    rows = rows[len(rows) - room:] if room else []
     if live:
-        shown.append(live)
-    return [clip_row(segments, width) for segments in shown[-count:]]
+        rows.append(clip_row(live, width))
+    return rows
 
 
 def dashboard_layout(rows, cols, grid_rows_within):

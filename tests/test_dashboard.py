@@ -145,6 +145,15 @@ def test_log_rows_pin_the_live_progress_line_below_the_log():
     rows = lt.log_rows(entries, live, 20, 4)
     assert [lt.row_text(r) for r in rows] == ["line 7", "line 8", "line 9", "progress"]
     assert [lt.row_text(r) for r in lt.log_rows(entries, None, 4, 2)] == ["line", "line"]
+    # Long lines wrap, continuations indented, and only the newest rows are kept.
+    long_line = [("[titan] ", "time"), ("step: 12  loss:  2.34567  mfu: 41.20%", None)]
+    rows = [lt.row_text(r) for r in lt.log_rows(entries + [long_line], live, 20, 4)]
+    assert rows == ["[titan] step: 12  lo", "  ss:  2.34567  mfu:", "   41.20%", "progress"]
+    for width in (11, 20, 33, 80):
+        wrapped = lt.wrap_row(long_line, width)
+        assert all(len(lt.row_text(r)) <= width for r in wrapped)
+        assert "".join(lt.row_text(r)[2 if i else 0:] for i, r in enumerate(wrapped)) == \
+            lt.row_text(long_line)
     assert lt.log_rows(entries, live, 20, 1) == [live]
     assert lt.log_rows(entries, live, 20, 0) == []
 
