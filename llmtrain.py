@@ -3224,6 +3224,8 @@ class DashboardRenderer(object):
         self.quick_polls = 0
         self.polled_at = 0.0
         self.closed = False
+        self.box = []
+        self.summary = []
         try:
             curses.curs_set(0)
         except curses.error:
@@ -3234,11 +3236,15 @@ class DashboardRenderer(object):
     # --- the renderer interface -------------------------------------------------------
     def start_run(self, state):
         self.state = state
+        self.box = []
+        self.summary = []
         self.relayout()  # a new scenario may need another grid height
 
     def emit(self, item, state):
         self.state = state
         # The plain log's GPU grid lines are skipped: the dashboard has a grid of its own.
+        if item.kind == "box":
+            self.box.append(item.text)
         if item.kind != "grid":
             segments = log_segments(item, time.strftime("%H:%M:%S"))
             if item.kind == "progress":
@@ -3264,15 +3270,22 @@ class DashboardRenderer(object):
 
     def end_run(self, state):
         self.state = state
+        self.summary = self.box
         self.draw(force=True)
 
     def close(self):
-        """Give the terminal back as it was found: the one restore path, safe to repeat."""
+        """Give the terminal back as it was found: the one restore path, safe to repeat.
+        The last finished run's summary box stays on the normal screen, as a log would."""
         if self.closed:
             return
         self.closed = True
         end_curses(self.curses)
-
+        if self.summary:
+            try:
+                sys.stdout.write("\n".join(self.summary) + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass  # the terminal is gone; there is no one to show it to
     # --- keys and size ----------------------------------------------------------------
     def read_key(self, seconds):
         """Wait up to `seconds` for a key; q quits, a resize lays the screen out again."""

@@ -310,6 +310,15 @@ def test_natural_end_of_runs_and_exit_after_restore_the_terminal(pty_run):
     assert finished.exit_within(15) == 0
     assert b"Training complete" in finished.output()
     assert_restored(finished)
+    # The summary box is left on the normal screen, after the alternate screen is gone.
+    after = finished.output().rsplit(b"\x1b[?1049l", 1)[1]
+    assert b"Training complete" in after and b"Final loss:" in after
+    # q in the middle of a run leaves no summary behind: there is none yet.
+    quitter = pty_run("--seed", 3, "--speed", 5)
+    quitter.wait_drawn()
+    os.write(quitter.master, b"q")
+    assert quitter.exit_within(3) == 0
+    assert b"Final loss:" not in quitter.output().rsplit(b"\x1b[?1049l", 1)[1]
     timed.wait_drawn()
     assert timed.exit_within(3) == 0
     assert_restored(timed)
