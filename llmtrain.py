@@ -1104,8 +1104,8 @@ def progress_text(state, glyphs):
     pct = math.floor(1000.0 * in_epoch_done / sc.steps_per_epoch) / 10.0
     step_text = "Step %d/%d" % (in_epoch, sc.steps_per_epoch)
     if state.micro and state.micro < sc.micro_updates:
-        step_text += " (micro-batch %d/%d)" % (state.micro * sc.grad_accum // sc.micro_updates,
-                                              sc.grad_accum)
+        step_text += " (micro-batch %d/%d)" % (
+            state.micro * sc.grad_accum // sc.micro_updates, sc.grad_accum)
     fields = [
         "Epoch %d/%d %s %.1f%%  %s" % (state.epoch, sc.epochs,
                                        bar(in_epoch_done / sc.steps_per_epoch, 20, glyphs),
@@ -1372,8 +1372,8 @@ class ClassicVoice(object):
             lines.append(line("Trainable parameters: %s (%.2f%% of %s)" % (
                 fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
                 tag=tag))
-        lines.append(line("Tokenizer: %s, vocab size %s" % (model.tokenizer,
-                                                             fmt_int(model.vocab)), tag=tag))
+        lines.append(line("Tokenizer: %s, vocab size %s" % (
+            model.tokenizer, fmt_int(model.vocab)), tag=tag))
         if sc.loss_curve == "sft":
             lines.append(line("Dataset: %s (%s examples)" % (
                 sc.dataset.name, fmt_int(sc.dataset.examples)), tag=tag))
@@ -1405,9 +1405,9 @@ class ClassicVoice(object):
             lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
                               tag=tag))
         lines += [
-            line("Mixed precision: %s%s" % (sc.precision, " (dynamic loss scaling, initial "
-                                                            "scale 65536)"
-                                            if sc.precision == "fp16" else ""), tag=tag),
+            line("Mixed precision: %s%s" % (
+                sc.precision, " (dynamic loss scaling, initial scale 65536)"
+                if sc.precision == "fp16" else ""), tag=tag),
             line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
             line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
@@ -1486,8 +1486,8 @@ class ClassicVoice(object):
                       "good", tag)]
         host = sc.hosts[rank // sc.per_node]
         return [line("%s WARN %s:%d: collective AllReduce timed out after 30000 ms on rank %d; "
-                     "retrying (attempt 2/3)" % (software_stack(sc)["collective"], host,
-                                                drawn, rank), "error",
+                     "retrying (attempt 2/3)" % (
+                         software_stack(sc)["collective"], host, drawn, rank), "error",
                      "NCCL")], \
             [line("Collective retried successfully after %.1fs; training continues" %
                   event.extra_s, "good", "NCCL")]
@@ -1688,8 +1688,8 @@ class FrameworkVoice(ClassicVoice):
         """torchrun's OMP_NUM_THREADS warning, glog-prefixed as torch 2.5 prints it."""
         if self.sc.per_node < 2:
             return []
-        prefix = "W%s %d site-packages/torch/distributed/run.py:793] " % (slot("glog"),
-                                                                         self.launcher_pid)
+        prefix = "W%s %d site-packages/torch/distributed/run.py:793] " % (
+            slot("glog"), self.launcher_pid)
         stars = "*" * 41
         return [line(prefix + text, "warn", "") for text in [
             "", stars, "Setting OMP_NUM_THREADS environment variable for each process to be 1 "
@@ -1734,8 +1734,8 @@ class FrameworkVoice(ClassicVoice):
             lines.append(info("Using network Socket", tid))
         comm = "0x%x" % self.comm
         lines.append(info("ncclCommInitRank comm %s rank 0 nranks %d cudaDev 0 nvmlDev 0 busId "
-                          "%s commId 0x%016x - Init START" % (comm, ranks, bus_id(sc, 0),
-                                                             self.comm_id), tid))
+                          "%s commId 0x%016x - Init START" % (
+                              comm, ranks, bus_id(sc, 0), self.comm_id), tid))
         lines.append(info("Setting affinity for GPU 0 to ffffffff,00000000,ffffffff", tid))
         lines.append(info("comm %s rank 0 nRanks %d nNodes %d localRanks %d localRank 0 "
                           "MNNVL 0" % (comm, ranks, sc.nodes, sc.per_node), tid))
@@ -2126,8 +2126,8 @@ class LightningVoice(FrameworkVoice):
     def ckpt_path(self, step):
         sc = self.sc
         epoch = sc.epoch_of(step)
-        return "%s/epoch=%d-step=%d.ckpt" % (sc.checkpoint_root.format(epoch=epoch),
-                                            epoch - 1, step)
+        return "%s/epoch=%d-step=%d.ckpt" % (
+            sc.checkpoint_root.format(epoch=epoch), epoch - 1, step)
 
     def bar_line(self, state, kind="progress"):
         sc = self.sc
@@ -2545,8 +2545,8 @@ class TorchtitanVoice(FrameworkVoice):
                          model.name, model.hidden, model.layers, model.heads, model.kv_heads,
                          model.vocab, sc.seq_len)),
             self.log("CUDA capacity: %s with %.2fGiB memory" % (sc.gpu.name, capacity)),
-            self.log("Model %s size: %s total parameters" % (model.name,
-                                                              fmt_int(model.params))),
+            self.log("Model %s size: %s total parameters" % (
+                model.name, fmt_int(model.params))),
             self.log("Applied selective activation checkpointing to the model"),
             self.log("Applied %s to the model" % ("Tensor Parallelism" if sc.tp > 1 else
                                                   "DDP" if sc.strategy == "DDP" else "FSDP")),
@@ -2860,8 +2860,9 @@ def rule_row(title, width, glyphs):
 def header_lines(state, width, run_clock, glyphs):
     """Title, run progress and the current figures: three rows of at most `width` columns."""
     sc = state.sc
-    title = [(" llmtrain ", "title"), (" %s  " % PHASE_LABELS.get(state.phase, state.phase),
-                                        "phase"), (sc.model.name, "bold"),
+    title = [(" llmtrain ", "title"),
+             (" %s  " % PHASE_LABELS.get(state.phase, state.phase), "phase"),
+             (sc.model.name, "bold"),
              ("  %s  %s" % (method_title(sc), sc.cluster_name), None)]
     hint = "q quits "
     room = width - len(row_text(title)) - len(hint)
@@ -2871,8 +2872,8 @@ def header_lines(state, width, run_clock, glyphs):
         eta = "--:--"
     else:
         eta = fmt_eta(max(0.0, state.train_end - run_clock))
-    where = "Epoch %d/%d  Step %s/%s " % (state.epoch, sc.epochs, fmt_int(max(0, state.step)),
-                                        fmt_int(sc.total_steps))
+    where = "Epoch %d/%d  Step %s/%s " % (
+        state.epoch, sc.epochs, fmt_int(max(0, state.step)), fmt_int(sc.total_steps))
     when = " %5.1f%%  Elapsed %s  ETA %s" % (100.0 * state.progress, fmt_duration(run_clock),
                                              eta)
     bar_width = width - len(where) - len(when) - 2
@@ -2882,8 +2883,8 @@ def header_lines(state, width, run_clock, glyphs):
     progress.append((when, None))
     figures = [("Loss ", "dim"), (state.loss_text or "-", "bold")]
     if state.val_history:
-        figures += [("  val %s " % glyphs["val"], "dim"), ("%.4f" % state.val_history[-1][1],
-                                                            "val")]
+        figures += [("  val %s " % glyphs["val"], "dim"),
+                    ("%.4f" % state.val_history[-1][1], "val")]
     figures += [("  LR ", "dim"), ("%.3e" % state.lr, None),
                 ("  grad ", "dim"), ("-" if state.grad_norm is None
                                      else "%.3f" % state.grad_norm, None),
@@ -3286,6 +3287,7 @@ class DashboardRenderer(object):
                 sys.stdout.flush()
             except (OSError, ValueError):
                 pass  # the terminal is gone; there is no one to show it to
+
     # --- keys and size ----------------------------------------------------------------
     def read_key(self, seconds):
         """Wait up to `seconds` for a key; q quits, a resize lays the screen out again."""
