@@ -416,8 +416,17 @@ class Scenario(object):
                                        "" if self.nodes == 1 else "s")
 
 
+def scheduler_steps(sc, step):
+    """The LR scheduler's own count after `step`: it does not advance on an update that was
+    skipped (a NaN loss, an fp16 overflow), as HF and Megatron both do."""
+    return step - sum(1 for event in sc.events
+                      if event.kind in ("nan", "overflow") and event.step <= step)
+
+
 def lr_at(sc, step):
     """Learning rate after optimizer step `step` (1-based, counted over the whole job)."""
+    scale = lr_scale_at(sc, step)
+    step = scheduler_steps(sc, step)
     if step <= sc.warmup_steps:
         lr = sc.peak_lr * step / float(max(1, sc.warmup_steps))
     else:
@@ -428,7 +437,7 @@ def lr_at(sc, step):
         else:
             shape = 1.0 - progress
         lr = sc.min_lr + (sc.peak_lr - sc.min_lr) * shape
-    return lr * lr_scale_at(sc, step)
+    return lr * scale
 
 
 def lr_scale_at(sc, step):
@@ -2445,8 +2454,8 @@ class MegatronVoice(FrameworkVoice):
         sc = self.sc
         for event in step_events:
             if event.kind == "nan":
-                self.nans += 1
-            elif event.kind == "overflow":
+                self.nans += 1  # a NaN iteration is also a skipped one
+            if event.kind in ("nan", "overflow"):
                 self.skipped += 1
         if state.loss is None:
             return []
@@ -2675,12 +2684,19 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
         if step == 1 or state.step == sc.first_step and sc.first_step == 1:
             state.mem_gib = sc.memory_gib
         step_events = events.get(step, []) if done else []
-        skipped = [e for e in step_events if e.kind in ("nan", "overflow")]
-        if not skipped:
+        kinds = set(e.kind for e in step_events)
+        if "nan" in kinds:
+            # A NaN batch: the loss and the gradients are NaN, the update is skipped.
+            state.loss = float("nan")
+            state.loss_text = "nan"
+        else:
             state.loss = loss_at(sc, step, rng)
             state.loss_text = "%.4f" % state.loss
             state.loss_history.append(float(state.loss_text))
         state.grad_norm = grad_norm_at(sc, step, rng)
+        if kinds & set(["nan", "overflow"]):
+            # fp16 overflow: the loss is fine, the scaled gradients are not.
+            state.grad_norm = float("nan") if "nan" in kinds else float("inf")
         state.lr = lr_at(sc, step)
         state.tokens_per_s = sc.cluster_tokens_per_s * rng.uniform(0.992, 1.008)
         for item in voice.update_lines(state, glyphs, done, step_events):
