@@ -82,6 +82,13 @@ NCCL_EVERY_SECONDS = 9.0
 #: A line this late (seconds of wall time) means the process was stopped: resume, no burst.
 STALL_SECONDS = 1.0
 
+#: Bus bandwidth per GPU in a ring collective (GB/s): NVLink or Infinity Fabric inside a
+#: node; one 400 Gb/s InfiniBand rail per GPU across nodes (200 Gb/s on A100 systems).
+INTRA_NODE_BUS_GBS = {"a100-40g": 230.0, "a100": 230.0, "h100": 370.0, "h200": 370.0,
+                      "b200": 720.0, "mi300x": 310.0}
+INTER_NODE_BUS_GBS = {"a100-40g": 21.0, "a100": 21.0, "h100": 42.0, "h200": 42.0,
+                      "b200": 42.0, "mi300x": 42.0}
+
 MAX_GPUS = 4096
 DEFAULT_GPU_CHOICES = (8, 16, 16, 32, 32, 64)
 GIB = float(1 << 30)
@@ -152,40 +159,40 @@ GPUS = collections.OrderedDict((g.key, g) for g in [
 
 Model = collections.namedtuple(
     "Model", "name params active vocab layers hidden heads kv_heads ffn tokenizer lr family "
-             "funny")
+             "funny context")
 
 #: Published configurations and exact parameter counts (realism.md B4).
 MODELS = [
     Model("GPT-2-XL", 1557611200, 1557611200, 50257, 48, 1600, 25, 25, 6400, "GPT-2 BPE",
-          2e-4, "gpt2", False),
+          2e-4, "gpt2", False, 1024),
     Model("Llama-2-7B", 6738415616, 6738415616, 32000, 32, 4096, 32, 32, 11008,
-          "Llama 2 SentencePiece", 3e-4, "llama", False),
+          "Llama 2 SentencePiece", 3e-4, "llama", False, 4096),
     Model("Falcon-7B", 6921720704, 6921720704, 65024, 32, 4544, 71, 1, 18176, "Falcon BPE",
-          3e-4, "falcon", False),
+          3e-4, "falcon", False, 2048),
     Model("Mistral-7B-v0.1", 7241732096, 7241732096, 32000, 32, 4096, 32, 8, 14336,
-          "Mistral SentencePiece", 3e-4, "mistral", False),
+          "Mistral SentencePiece", 3e-4, "mistral", False, 32768),
     Model("Qwen2.5-7B", 7615616512, 7615616512, 152064, 28, 3584, 28, 4, 18944, "Qwen2 BPE",
-          3e-4, "qwen", False),
+          3e-4, "qwen", False, 131072),
     Model("Llama-3.1-8B", 8030261248, 8030261248, 128256, 32, 4096, 32, 8, 14336,
-          "Llama 3 tiktoken", 3e-4, "llama", False),
+          "Llama 3 tiktoken", 3e-4, "llama", False, 131072),
     Model("Gemma-2-9B", 9241705984, 9241705984, 256000, 42, 3584, 16, 8, 14336,
-          "Gemma SentencePiece", 3e-4, "gemma", False),
+          "Gemma SentencePiece", 3e-4, "gemma", False, 8192),
     Model("Llama-2-13B", 13015864320, 13015864320, 32000, 40, 5120, 40, 40, 13824,
-          "Llama 2 SentencePiece", 3e-4, "llama", False),
+          "Llama 2 SentencePiece", 3e-4, "llama", False, 4096),
     Model("GPT-NeoX-20B", 20554567680, 20554567680, 50432, 44, 6144, 64, 64, 24576,
-          "GPT-NeoX BPE", 1.2e-4, "neox", False),
+          "GPT-NeoX BPE", 1.2e-4, "neox", False, 2048),
     Model("Gemma-2-27B", 27227128320, 27227128320, 256000, 46, 4608, 32, 16, 36864,
-          "Gemma SentencePiece", 1.5e-4, "gemma", False),
+          "Gemma SentencePiece", 1.5e-4, "gemma", False, 8192),
     Model("Mixtral-8x7B", 46702792704, 12879925248, 32000, 32, 4096, 32, 8, 14336,
-          "Mistral SentencePiece", 3e-4, "mixtral", False),
+          "Mistral SentencePiece", 3e-4, "mixtral", False, 32768),
     Model("Llama-2-70B", 68976648192, 68976648192, 32000, 80, 8192, 64, 8, 28672,
-          "Llama 2 SentencePiece", 1.5e-4, "llama", False),
+          "Llama 2 SentencePiece", 1.5e-4, "llama", False, 4096),
     Model("Llama-3.1-70B", 70553706496, 70553706496, 128256, 80, 8192, 64, 8, 28672,
-          "Llama 3 tiktoken", 1.5e-4, "llama", False),
+          "Llama 3 tiktoken", 1.5e-4, "llama", False, 131072),
     Model("Qwen2.5-72B", 72706203648, 72706203648, 152064, 80, 8192, 64, 8, 29568,
-          "Qwen2 BPE", 1.5e-4, "qwen", False),
+          "Qwen2 BPE", 1.5e-4, "qwen", False, 131072),
     Model("Llama-3.1-405B", 405853388800, 405853388800, 128256, 126, 16384, 128, 8, 53248,
-          "Llama 3 tiktoken", 8e-5, "llama", False),
+          "Llama 3 tiktoken", 8e-5, "llama", False, 131072),
 ]
 
 #: Funny names; their sizes are read from the name like any custom model's.
@@ -268,7 +275,8 @@ def synth_model(name, target_params, funny=False):
         if best is None or score < best[0]:
             best = (score, Model(name, params, params, vocab, layers, hidden, heads, kv_heads,
                                  ffn, "Llama 2 SentencePiece" if vocab == 32000
-                                 else "Llama 3 tiktoken", 3e-4, "custom", funny))
+                                 else "Llama 3 tiktoken", 3e-4, "custom", funny,
+                                 4096 if vocab == 32000 else 8192))
     if best is None:
         raise ScenarioError("cannot build a model of %s parameters" % format(target_params, ","))
     return best[1]
@@ -366,7 +374,7 @@ def parallel_layout(model, method, gpu, gpus, per_node):
 
 def pretraining_seq_len(model):
     """Llama 3 pretrains at 8K; the older families at 4K."""
-    return 8192 if model.vocab == 128256 else 4096
+    return min(8192 if model.vocab == 128256 else 4096, model.context)
 
 
 def strategy_options(model, method, gpus):
@@ -622,12 +630,19 @@ def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some")
         except ScenarioError as error:
             failure = error
             continue
-        if forced or update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9:
+        if forced or plausible(sc):
             return sc
     if failure is not None and forced:
         raise failure
     return sc if failure is None else draw_scenario(rng, seed, model_name, gpus, gpu_key,
                                                     humor)
+
+
+def plausible(sc):
+    """What an engineer would run: updates at most a second apart, and a batch big enough
+    that collectives cost no more than a third of the compute rate."""
+    return update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9 and \
+        sc.cluster_tokens_per_s >= 0.67 * sc.compute_tokens_per_s
 
 
 def update_seconds(sc):
@@ -683,8 +698,8 @@ def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
                   dp=gpu_count // (tp * pp), humor=humor)
     sc.precision = "fp16" if gpu.key.startswith("a100") and rng.random() < 0.25 else "bf16"
     sc.mfu = rng.uniform(*gpu.mfu)
-    if method in ("lora", "qlora"):
-        sc.mfu *= 0.75 if method == "lora" else 0.6
+    # The GPU's band is what tuned pretraining reaches; fine-tuning stacks reach less.
+    sc.mfu *= {"pretrain": 1.0, "full": 0.8, "lora": 0.65, "qlora": 0.5}[method]
     if method == "pretrain":
         plan_pretraining(rng, sc)
     else:
@@ -721,29 +736,89 @@ def pretraining_gpus(model, gpu):
 
 
 def set_throughput(sc, seq_len):
-    """Tokens per second for the cluster from FLOPs per token and the drawn MFU."""
+    """Tokens per second the cluster computes at the drawn MFU, before any waiting on the
+    network (set_batch derives the throughput actually reached)."""
     sc.seq_len = seq_len
     sc.flops_per_token = flops_per_token(sc.model, seq_len, sc.method)
-    sc.cluster_tokens_per_s = int(round(sc.mfu * sc.gpu.peak_flops / sc.flops_per_token
-                                        * sc.gpus))
+    sc.compute_tokens_per_s = sc.mfu * sc.gpu.peak_flops / sc.flops_per_token * sc.gpus
+    sc.cluster_tokens_per_s = int(round(sc.compute_tokens_per_s))
+
+
+def bus_gbs(sc):
+    """Bus bandwidth (GB/s) one GPU sustains in a ring collective on this cluster."""
+    table = INTER_NODE_BUS_GBS if sc.nodes > 1 else INTRA_NODE_BUS_GBS
+    return table[sc.gpu.key]
+
+
+def collective_bytes(sc):
+    """Bytes each GPU moves in collectives: (per micro-step, per optimizer step)."""
+    if sc.gpus == 1:
+        return 0.0, 0.0
+    n = float(sc.model.params)
+    ring = (sc.gpus - 1.0) / sc.gpus
+    if sc.method == "pretrain":
+        # Distributed optimizer: reduce-scatter the gradients, all-gather the parameters.
+        return 0.0, 4.0 * n / (sc.tp * sc.pp) * (sc.dp - 1.0) / sc.dp
+    if sc.method in ("lora", "qlora"):
+        adapters = 2.0 * lora_params(sc.model, LORA_RANK[sc.method])
+        base = (2.0 if sc.method == "lora" else 0.56) * n
+        # FSDP gathers the frozen base for forward and backward of every micro-batch.
+        per_micro = 2 * base * ring if sc.strategy.startswith("FSDP") else 0.0
+        return per_micro, 2 * adapters * ring
+    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+        # All-gather for forward, again for backward, reduce-scatter of the gradients.
+        return 3 * 2 * n * ring, 0.0
+    if sc.strategy == "DeepSpeed ZeRO-2":
+        return 0.0, 2 * 2 * n * ring
+    return 0.0, 2 * 2 * n * ring  # DDP: one all-reduce of the gradients
+
+
+def overlapped(compute, comm):
+    """Time for compute and communication that overlap, but never perfectly."""
+    return max(compute, comm) + 0.1 * min(compute, comm)
+
+
+def step_seconds_for(sc, micro, accum):
+    """One optimizer step: micro-steps (compute against their collectives), the pipeline
+    bubble of accum micro-batches through pp stages, then what is left of the step's own
+    collectives after they overlap the last backward pass."""
+    compute = micro * sc.dp * sc.seq_len / sc.compute_tokens_per_s
+    per_micro, per_step = (b / (bus_gbs(sc) * GB) for b in collective_bytes(sc))
+    bubble = (accum + sc.pp - 1.0) / accum
+    micro_steps = accum * overlapped(compute, per_micro) * bubble
+    hidden = 0.67 * compute  # the step's collectives start during the last backward pass
+    return micro_steps + max(0.0, per_step - hidden) + 0.1 * min(per_step, hidden)
 
 
 def set_batch(sc, target_step_s, min_accum=1):
-    """Micro-batch by memory, accumulation by the step time wanted, updates 0.3-1 s apart."""
+    """Micro-batch by memory, accumulation by the step time wanted, updates 0.3-1 s apart;
+    the throughput reached is what the step time allows."""
     sc.micro_batch = best_micro_batch(sc.model, sc.method, sc.strategy, sc.gpu, sc.gpus,
                                       sc.tp, sc.pp, sc.seq_len)
     if sc.micro_batch == 0:
         raise ScenarioError("%s does not fit at sequence length %d" % (
             sc.model.name, sc.seq_len))
-    micro_step_s = sc.dp * sc.seq_len / float(sc.cluster_tokens_per_s)
-    while sc.micro_batch > 1 and sc.micro_batch * min_accum * micro_step_s > target_step_s:
+
+    def micro_seconds(micro):
+        return step_seconds_for(sc, micro, 1) / sc.pp
+
+    while sc.micro_batch > 1 and \
+            micro_seconds(sc.micro_batch) * min_accum > target_step_s:
         sc.micro_batch //= 2
     # Long steps are shown micro-step by micro-step: keep each one under a second.
     while sc.micro_batch > 1 and target_step_s > UPDATE_SECONDS[1] and \
-            sc.micro_batch * micro_step_s > 0.8:
+            micro_seconds(sc.micro_batch) > 0.8:
         sc.micro_batch //= 2
-    sc.grad_accum = max(min_accum, int(round(target_step_s / (sc.micro_batch * micro_step_s))))
+    accum = max(min_accum, 1)
+    while accum < 4096 and step_seconds_for(sc, sc.micro_batch, accum + 1) <= target_step_s:
+        accum += 1
+    if abs(step_seconds_for(sc, sc.micro_batch, accum + 1) - target_step_s) < \
+            abs(step_seconds_for(sc, sc.micro_batch, accum) - target_step_s):
+        accum += 1
+    sc.grad_accum = accum
     sc.global_batch = sc.micro_batch * sc.grad_accum * sc.dp
+    sc.cluster_tokens_per_s = int(round(
+        sc.tokens_per_step / step_seconds_for(sc, sc.micro_batch, sc.grad_accum)))
     sc.memory_gib = memory_gib(sc.model, sc.method, sc.strategy, sc.gpus, sc.tp, sc.pp,
                                sc.micro_batch, sc.seq_len)
     sc.log_every = max(1, int(math.ceil(UPDATE_SECONDS[0] / sc.step_seconds)))
@@ -787,7 +862,7 @@ def plan_finetune(rng, sc, funny):
         rng.choice([1e-4, 2e-4])
     sc.min_lr = 0.0
     sc.schedule = rng.choice(["cosine", "cosine", "linear"])
-    seq_len = 2048
+    seq_len = min(2048, sc.model.context)
     set_throughput(sc, seq_len)
     while seq_len > 512 and sc.dp * seq_len / float(sc.cluster_tokens_per_s) > 0.45:
         seq_len //= 2
@@ -840,7 +915,13 @@ def plan_final_stretch(rng, sc):
     """The session is the last 2-3 evaluation intervals of a job resumed from a checkpoint."""
     sc.segment_count = rng.choice([2, 3])
     target_s = segment_target(rng, sc.segment_count)
-    sc.eval_every = max(1, int(round(target_s / sc.step_seconds)))
+    # Whole steps per segment, enough to fill the shortest one; steps of 20 s and more
+    # (the largest models) come two to a segment, in two segments.
+    fewest = int(math.ceil(SEGMENT_SECONDS[0] / sc.step_seconds))
+    if sc.step_seconds > 20.0:
+        fewest = 2
+        sc.segment_count = 2
+    sc.eval_every = max(fewest, int(target_s / sc.step_seconds))
     session = min(sc.total_steps - 1, sc.eval_every * sc.segment_count)
     sc.eval_every = max(1, session // sc.segment_count)
     sc.first_step = sc.last_step - sc.eval_every * sc.segment_count + 1
@@ -861,7 +942,8 @@ def plan_pretraining(rng, sc):
     set_throughput(sc, pretraining_seq_len(model))
     # The batch is the job's; on a cluster too small for it, fewer tokens per step.
     target_tokens = min(pretraining_batch_tokens(model), 8.0 * sc.cluster_tokens_per_s)
-    set_batch(sc, target_tokens / sc.cluster_tokens_per_s, min_accum=sc.pp)
+    set_batch(sc, target_tokens / sc.cluster_tokens_per_s,
+              min_accum=4 * sc.pp if sc.pp > 1 else 1)
     sc.noise = min(0.05, 0.036 * math.sqrt(1.6e6 / sc.tokens_per_step))
     vocab_excess = 0.25 * math.log(model.vocab / 32000.0)
     sc.loss_floor = 1.69 + 406.4 / model.active ** 0.34 + vocab_excess
@@ -949,8 +1031,8 @@ def val_loss_at(sc, step, noise_rng):
 
 
 def token_accuracy(loss):
-    """Next-token accuracy that goes with a loss (higher loss, lower accuracy)."""
-    return max(0.05, min(0.97, 0.93 - 0.175 * loss))
+    """Top-1 next-token accuracy that goes with a loss: ~72% at 1.0, ~48% at 2.2, ~19% at 5."""
+    return math.exp(-0.33 * loss)
 
 
 def checkpoint_bytes(sc):
@@ -1252,12 +1334,7 @@ CheckpointWrite = collections.namedtuple(
 
 def draw_collective(sc, rng):
     """A collective's timing that agrees with the interconnect's bandwidth."""
-    if sc.nodes > 1:
-        bus_gbs = rng.uniform(38, 46) if sc.gpu.key in ("h100", "h200", "b200", "mi300x") \
-            else rng.uniform(19, 23)
-    else:
-        bus_gbs = {"a100-40g": 230, "a100": 230, "h100": 370, "h200": 370, "b200": 720,
-                   "mi300x": 310}[sc.gpu.key] * rng.uniform(0.9, 1.05)
+    achieved_gbs = bus_gbs(sc) * rng.uniform(0.9, 1.08)
     op = rng.choice(["AllReduce", "AllReduce", "ReduceScatter", "AllGather", "Broadcast"])
     if sc.method in ("lora", "qlora"):
         size_mb = max(1.0, 2.0 * lora_params(sc.model, LORA_RANK[sc.method]) / 1e6)
@@ -1266,10 +1343,10 @@ def draw_collective(sc, rng):
     n = sc.gpus
     factor = {"AllReduce": 2.0 * (n - 1) / n, "ReduceScatter": (n - 1.0) / n,
               "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
-    alg_gbs = bus_gbs / factor
+    alg_gbs = achieved_gbs / factor
     ms = size_mb / 1e3 / alg_gbs * 1e3
     buckets = rng.choice([12, 16, 24, 32]) if rng.random() < 0.3 else None
-    return Collective(op, size_mb, ms, alg_gbs, bus_gbs, buckets)
+    return Collective(op, size_mb, ms, alg_gbs, achieved_gbs, buckets)
 
 
 # --- time slots: framework lines carry their own timestamp, filled in when shown -----------
@@ -2683,7 +2760,8 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
         state.tokens_trained += done * sc.tokens_per_step
         if step == 1 or state.step == sc.first_step and sc.first_step == 1:
             state.mem_gib = sc.memory_gib
-        step_events = events.get(step, []) if done else []
+        # Steps logged in groups: an event on any step of the group is reported with it.
+        step_events = [e for s in range(step - done + 1, step + 1) for e in events.get(s, [])]
         kinds = set(e.kind for e in step_events)
         if "nan" in kinds:
             # A NaN batch: the loss and the gradients are NaN, the update is skipped.
@@ -2779,7 +2857,9 @@ def checkpoint_phase(sc, state, seg, rng, voice):
     per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
     asynchronous = per_node_gbs > 8.0
     if asynchronous:
-        staged_gbs = min(per_node_gbs, rng.uniform(20, 25) * sc.per_node)
+        # Device-to-host copies over PCIe: Gen4 on A100 systems, Gen5 on the newer ones.
+        pcie_gbs = 20.0 if sc.gpu.key.startswith("a100") else 40.0
+        staged_gbs = min(per_node_gbs, pcie_gbs * rng.uniform(0.85, 1.0) * sc.per_node)
         seconds = total / GB / writers / staged_gbs
     else:
         per_node_gbs = max(per_node_gbs, 0.05)

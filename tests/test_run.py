@@ -481,3 +481,34 @@ def test_an_oom_only_happens_where_memory_is_tight_and_its_numbers_add_up():
         assert int(gpu) < sc.per_node
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_collectives_fit_inside_the_step_time(seed):
+    """Sharded and data-parallel training move weights and gradients every step; the step
+    cannot be shorter than the network needs (a 400 Gb/s InfiniBand rail per GPU moves at
+    most 50 GB/s, 200 Gb/s on A100 systems; ring collectives move (n-1)/n of the data)."""
+    sc, state, lines = run_of(seed)
+    all_text = "\n".join(texts(lines))
+    gpus, _, nodes = find(lines, FOUND).groups()
+    gpus, nodes = int(gpus), int(nodes)
+    if nodes == 1:
+        return  # NVLink inside a node is an order of magnitude faster
+    params = number(re.search(r"Model size: ([\d,]+) parameters", all_text).group(1))
+    strategy = re.search(r"Strategy: (.+)", all_text).group(1)
+    method = re.search(r"Training method: (\S+)", all_text).group(1)
+    accum, tokens_per_step = (number(g) for g in find(lines, ACCUM).groups())
+    tps = number(progress(lines)[0][1].group("tps"))
+    step_seconds = tokens_per_step / tps
+    link = 25e9 if "A100" in all_text.split("Found", 1)[1].split("\n", 1)[0] else 50e9
+    ring = (gpus - 1.0) / gpus
+    if method == "Full":
+        if strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+            moved = 3 * 2 * params * ring * accum
+        else:
+            moved = 2 * 2 * params * ring
+    elif method in ("LoRA", "QLoRA") and strategy.startswith("FSDP"):
+        moved = 2 * (2.0 if method == "LoRA" else 0.5) * params * ring * accum
+    else:
+        return  # adapters only, or Megatron's distributed optimizer over a long step
+    assert moved / link <= step_seconds
