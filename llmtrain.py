@@ -1035,6 +1035,19 @@ def token_accuracy(loss):
     return math.exp(-0.33 * loss)
 
 
+def validation_size(sc):
+    """(samples, batches, eval iterations or None): one validation set for the whole run,
+    sized so a forward pass over it (3x the training rate) fits the shortest validation."""
+    forward_tokens_per_s = 3.0 * sc.cluster_tokens_per_s
+    shortest = min(seg.validation_s for seg in sc.segments)
+    if sc.loss_curve == "sft":
+        fit = int(shortest * 0.5 * forward_tokens_per_s / sc.seq_len)
+        samples = max(8, min(sc.val_samples, fit))
+        return samples, int(math.ceil(samples / float(sc.micro_batch * sc.dp))), None
+    iters = max(1, int(shortest * 0.6 * forward_tokens_per_s / sc.tokens_per_step))
+    return iters * sc.global_batch, iters, iters
+
+
 def checkpoint_bytes(sc):
     """(model bytes, optimizer bytes) of one resumable checkpoint."""
     if sc.method in ("lora", "qlora"):
@@ -1231,17 +1244,32 @@ def bar(fraction, width, glyphs):
     return "[" + meter(fraction, width, glyphs) + "]"
 
 
+def unit_noise(*keys):
+    """A repeatable number in [0, 1) from integer keys: a small integer hash, no state, so
+    any GPU's reading can be computed on its own, in any order."""
+    value = 0x9E3779B97F4A7C15
+    for key in keys:
+        value = ((value ^ key) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 29
+    return (value & 0xFFFFFF) / float(1 << 24)
+
+
 def gpu_reading(sc, state, index):
-    """(util %, temperature C, power W) of one GPU: fixed offsets plus slow jitter."""
+    """(util %, temperature C, power W) of one GPU: its node's airflow and its own place in
+    the chassis (fixed for the run) plus a slow jitter; synchronous training keeps a node's
+    GPUs within a few degrees and watts of each other."""
     tick = int(state.clock / 2.0)
-    offset = ((index * 2654435761) % 1000) / 1000.0 - 0.5
-    jitter = (((index + 1) * 40503 + tick * 69069) % 1000) / 1000.0 - 0.5
+    node_offset = unit_noise(sc.seed, index // sc.per_node) - 0.5
+    gpu_offset = unit_noise(sc.seed, index, 7) - 0.5
+    jitter = unit_noise(sc.seed, index, tick) - 0.5
     lo, hi = sc.gpu.temp
     loaded = (lo + hi) / 2.0
-    temp = 30 + (loaded - 30) * state.heat + 6 * offset + 2 * jitter
-    util = 100 * state.load - 3 * abs(jitter) if state.load else 0.0
+    temp = 30 + (loaded - 30) * state.heat + 4 * node_offset + 4 * gpu_offset + 2 * jitter
+    util = 0.0
+    if state.load:
+        util = 100 * state.load - (1 if jitter < -0.3 else 0)
     power = sc.gpu.idle_watts + (sc.gpu.power_cap * 0.9 - sc.gpu.idle_watts) * state.load * \
-        (0.96 + 0.04 * jitter) + 15 * offset
+        (0.97 + 0.05 * jitter) + 12 * gpu_offset + 8 * node_offset
     return max(0, min(100, int(round(util)))), int(round(temp)), \
         int(round(min(sc.gpu.power_cap, power)))
 
@@ -2818,17 +2846,7 @@ def event_phase(sc, state, event, rng, voice):
 def validation_phase(sc, state, seg, rng, voice):
     """Validation after a segment: samples, Val Loss and PPL, accuracy, BLEU/ROUGE-L."""
     state.phase = "val"
-    forward_tokens_per_s = 3.0 * sc.cluster_tokens_per_s
-    batches = iters = None
-    if sc.loss_curve == "sft":
-        fit = int(seg.validation_s * 0.5 * forward_tokens_per_s / sc.seq_len)
-        samples = max(8, min(sc.val_samples, fit))
-        batches = int(math.ceil(samples / float(sc.micro_batch * sc.dp)))
-    else:
-        iters = max(1, int(seg.validation_s * 0.6 * forward_tokens_per_s
-                           / sc.tokens_per_step))
-        samples = iters * sc.global_batch
-        batches = iters
+    samples, batches, iters = validation_size(sc)
     value = val_loss_at(sc, seg.last_step, rng)
     loss_text = "%.4f" % value
     bleu = rouge = None

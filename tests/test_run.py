@@ -268,6 +268,9 @@ def test_validation_and_summary_agree_with_what_was_shown(seed):
     all_text = texts(lines)
     vals = [VAL.search(t) for t in all_text if VAL.search(t)]
     assert len(vals) == len(sc.segments)
+    # One validation set for the whole run.
+    sizes = set(re.findall(r"Running validation: ([\d,]+) samples", "\n".join(all_text)))
+    assert len(sizes) == 1
     for match in vals:
         assert float(match.group(2)) == pytest.approx(math.exp(float(match.group(1))),
                                                       abs=0.006)
