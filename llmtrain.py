@@ -924,6 +924,11 @@ def plan_final_stretch(rng, sc):
     sc.eval_every = max(fewest, int(target_s / sc.step_seconds))
     session = min(sc.total_steps - 1, sc.eval_every * sc.segment_count)
     sc.eval_every = max(1, session // sc.segment_count)
+    if sc.epochs == 1:
+        # Pretraining saves when iteration % save_interval == 0, the last iteration too:
+        # the job's length is a whole number of intervals and the resume follows a save.
+        sc.total_steps = sc.steps_per_epoch = sc.last_step = \
+            sc.total_steps // sc.eval_every * sc.eval_every
     sc.first_step = sc.last_step - sc.eval_every * sc.segment_count + 1
     # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
     sc.resumed_seconds = (sc.first_step - 1) * sc.step_seconds * rng.uniform(1.03, 1.08)

@@ -515,3 +515,16 @@ def test_collectives_fit_inside_the_step_time(seed):
     else:
         return  # adapters only, or Megatron's distributed optimizer over a long step
     assert moved / link <= step_seconds
+
+
+def test_pretraining_saves_on_whole_intervals():
+    checked = 0
+    for seed in range(120):
+        sc = lt.build_scenario(seed)
+        if sc.method != "pretrain" or sc.first_step == 1:
+            continue
+        assert (sc.first_step - 1) % sc.eval_every == 0  # resumed right after a save
+        assert all(seg.last_step % sc.eval_every == 0 for seg in sc.segments)
+        assert sc.segments[-1].last_step == sc.total_steps
+        checked += 1
+    assert checked >= 10
