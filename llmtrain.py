@@ -585,13 +585,16 @@ def pick_method(rng, model, gpu, gpus, pretrain):
     """A method, strategy and (tp, pp) under which the model fits; None if nothing does."""
     nodes, per_node = cluster_shape(gpus)
     methods = ["pretrain"] if pretrain else ["full", "full", "lora", "qlora"]
+    if gpus > 8:
+        # QLoRA is how a model fits on a few GPUs; on a cluster it is only the last resort.
+        methods = [m for m in methods if m != "qlora"]
     order = []
     while methods:
         pick = rng.choice(methods)
         methods = [m for m in methods if m != pick]
         order.append(pick)
     if not pretrain:
-        order += [m for m in ("lora", "qlora") if m not in order]
+        order += [m for m in ("full", "lora", "qlora") if m not in order]
     for method in order:
         layout = parallel_layout(model, method, gpu, gpus, per_node)
         if layout is None:

@@ -376,11 +376,10 @@ def test_deepspeed_fp16_overflows_count_as_skipped_steps(lt):
             continue
         _, _, lines = told(lt, seed, "deepspeed", gpu="a100")
         out = texts(lines)
-        shown = set(update[0] for seg in sc.segments for update in seg.updates)
         overflow = [t for t in out if "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
                                       "loss scale: " in t]
-        assert len(overflow) == len([e for e in sc.events
-                                     if e.kind == "overflow" and e.step in shown])
+        # Every overflow is reported, also one inside a group of steps logged together.
+        assert len(overflow) == len([e for e in sc.events if e.kind == "overflow"])
         expected = [r"Attempted loss scale: 65536, but hysteresis is 2\. Reducing hysteresis "
                     r"to 1$", r"Attempted loss scale: 65536, reducing to 32768$",
                     r"Attempted loss scale: 32768, reducing to 16384$"]
@@ -388,7 +387,7 @@ def test_deepspeed_fp16_overflows_count_as_skipped_steps(lt):
             assert re.search(pattern, text)
         last = [DS_STEP.match(DS.match(t).group(5)) for t in out if DS.match(t)]
         last = [m for m in last if m][-1]
-        skipped = [e for e in sc.events if e.kind in ("overflow", "nan") and e.step in shown]
+        skipped = [e for e in sc.events if e.kind in ("overflow", "nan")]
         assert int(last.group(2)) == len(skipped)
         seen += 1
     assert seen
