@@ -1208,20 +1208,20 @@ def summary_lines(sc, state, glyphs):
     """The closing box; every figure is the one already shown."""
     final_loss = state.loss_text
     rows = [
-        "Model:           %s (%s)" % (sc.model.name, method_title(sc)),
-        "Cluster:         %s" % sc.cluster_name,
+        "Model: %s (%s)" % (sc.model.name, method_title(sc)),
+        "Cluster: %s" % sc.cluster_name,
     ]
     if sc.resumed_seconds:
-        rows.append("Total time:      %s (this session %s)" % (
+        rows.append("Total time: %s (this session %s)" % (
             fmt_duration(sc.resumed_seconds + state.clock), fmt_duration(state.clock)))
-        rows.append("Tokens trained:  %s this session (%s since step 0)" % (
+        rows.append("Tokens trained: %s this session (%s since step 0)" % (
             fmt_int(state.tokens_trained), fmt_int(sc.last_step * sc.tokens_per_step)))
     else:
-        rows.append("Total time:      %s" % fmt_duration(state.clock))
-        rows.append("Tokens trained:  %s" % fmt_int(state.tokens_trained))
+        rows.append("Total time: %s" % fmt_duration(state.clock))
+        rows.append("Tokens trained: %s" % fmt_int(state.tokens_trained))
     rows += [
-        "Final loss:      %s" % final_loss,
-        "Final PPL:       %.2f" % math.exp(float(final_loss)),
+        "Final loss: %s" % final_loss,
+        "Final PPL: %.2f" % math.exp(float(final_loss)),
         "Checkpoints: %d saved" % state.checkpoints,
     ]
     width = max(len(r) for r in rows) + 4

@@ -273,19 +273,24 @@ def test_validation_and_summary_agree_with_what_was_shown(seed):
                                                       abs=0.006)
     losses = [m.group("loss") for _, m in progress(lines)]
     summary = "\n".join(t for _, item in lines if item.kind == "box" for t in [item.text])
-    final = re.search(r"Final loss:\s+([\d.]+)", summary).group(1)
+    final = re.search(r"Final loss: ([\d.]+)", summary).group(1)
     assert final == losses[-1]
-    ppl = float(re.search(r"Final PPL:\s+([\d.]+)", summary).group(1))
+    ppl = float(re.search(r"Final PPL: ([\d.]+)", summary).group(1))
     assert ppl == pytest.approx(math.exp(float(final)), abs=0.006)
     saved = [t for t in all_text if CKPT_SAVED.search(t)]
     assert re.search(r"Checkpoints: (\d+) saved", summary).group(1) == str(len(saved))
-    total = re.search(r"Total time:\s+(\S+(?: \S+)?)", summary).group(1)
+    total = re.search(r"Total time: (\S+(?: \S+)?)", summary).group(1)
     session = re.search(r"this session ([\d:]+)", summary)
     assert parse_hms(session.group(1) if session else total) == int(state.clock)
     if session:
         assert parse_hms(total) == int(sc.resumed_seconds + state.clock)
-    tokens = number(re.search(r"Tokens trained:\s+([\d,]+)", summary).group(1))
+    tokens = number(re.search(r"Tokens trained: ([\d,]+)", summary).group(1))
     assert tokens == sc.session_steps * sc.tokens_per_step
+    # Every row is `Label: value`, one space after the colon, like `Checkpoints: n saved`.
+    rows = [item.text for _, item in lines if item.kind == "box"][1:-1]
+    labels = [re.match(r"^\W  ([A-Z][\w ]*?): (\S.*?) *\W$", row) for row in rows]
+    assert all(labels), rows
+    assert [m.group(1) for m in labels][:3] == ["Model", "Cluster", "Total time"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
