@@ -1113,8 +1113,9 @@ def progress_text(state, glyphs):
     pct = math.floor(1000.0 * in_epoch_done / sc.steps_per_epoch) / 10.0
     step_text = "Step %d/%d" % (in_epoch, sc.steps_per_epoch)
     if state.micro and state.micro < sc.micro_updates:
-        step_text += " (micro-batch %d/%d)" % (
-            state.micro * sc.grad_accum // sc.micro_updates, sc.grad_accum)
+        # The micro-batches after step s are the next step's: name that step.
+        step_text += " (step %d: micro-batch %d/%d)" % (
+            in_epoch + 1, state.micro * sc.grad_accum // sc.micro_updates, sc.grad_accum)
     fields = [
         "Epoch %d/%d %s %.1f%%  %s" % (state.epoch, sc.epochs,
                                        bar(in_epoch_done / sc.steps_per_epoch, 20, glyphs),

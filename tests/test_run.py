@@ -14,7 +14,7 @@ SEEDS = list(range(60))
 
 PROGRESS = re.compile(
     r"Epoch (?P<epoch>\d+)/(?P<epochs>\d+) \[[^\]]*\] (?P<pct>[\d.]+)%  "
-    r"Step (?P<step>\d+)/(?P<steps>\d+)(?: \(micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
+    r"Step (?P<step>\d+)/(?P<steps>\d+)(?: \(step (?P<next>\d+): micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
     r" \| Loss: (?P<loss>[\d.]+) \| LR: (?P<lr>[\d.e+-]+) \| Grad Norm: (?P<gn>[\d.]+)"
     r" \| GPU Mem: (?P<used>[\d.]+)/(?P<total>[\d.]+) GB \| (?P<tps>[\d,]+) tok/s"
     r" \| (?P<sps>[\d,.]+) samples/s \| ETA: (?P<eta>[\d:]+)$")
@@ -147,6 +147,10 @@ def test_progress_never_goes_backwards(seed):
         assert int(match.group("steps")) == sc.steps_per_epoch
         assert int(match.group("epochs")) == sc.epochs
         assert 0 <= current[2] <= 100
+        if match.group("micro"):
+            # Micro-batches shown after step s belong to step s + 1, and the label says so.
+            assert int(match.group("next")) == current[1] + 1
+            assert 1 <= int(match.group("micro")) < int(match.group("accum")) == sc.grad_accum
         previous = current
 
 
