@@ -2071,6 +2071,7 @@ class LightningVoice(FrameworkVoice):
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
         self.v_num = 0 if sc.first_step == 1 else 1 + sc.seed % 5
+        self.bar_started = None
         self.val_loss = None
         self.best = None
         self.saved = 0
@@ -2147,7 +2148,8 @@ class LightningVoice(FrameworkVoice):
         if state.micro and sc.micro_updates > 1:
             done += state.micro * sc.grad_accum // sc.micro_updates
         rate = state.tokens_per_s / float(sc.tokens_per_step) * sc.grad_accum
-        elapsed = done / rate if rate else 0.0
+        # tqdm times the bar from its creation in this process, not from the epoch's start.
+        elapsed = state.clock - self.bar_started if self.bar_started is not None else 0.0
         postfix = ", v_num=%d" % self.v_num
         if state.loss is not None:
             postfix += ", train_loss=%s" % tqdm_number(float(state.loss_text))
@@ -2155,6 +2157,11 @@ class LightningVoice(FrameworkVoice):
             postfix += ", val_loss=%s" % tqdm_number(self.val_loss)
         return line(tqdm_meter(done, batches, elapsed, rate, self.glyphs,
                                "Epoch %d: " % (state.epoch - 1), False, postfix), kind, "")
+
+    def epoch_lines(self, state, first_step):
+        """A new epoch bar (or, after a resume, the restored epoch's) starts timing now."""
+        self.bar_started = state.clock
+        return []
 
     def micro_lines(self, state, glyphs):
         return [self.bar_line(state)] if state.tokens_per_s else []

@@ -32,6 +32,26 @@ def told(lt, seed, style, gpu=None, gpus=None):
     return sc, state, lines
 
 
+def clocked(lt, seed, style, gpu=None):
+    """(scenario, [(clock when shown, text)]) of one whole run told in `style`."""
+    sc = lt.build_scenario(seed, gpu_key=gpu)
+    state = lt.RunState(sc)
+    shown = []
+    for item, delay in lt.run_phases(sc, state, lt.UNICODE_GLYPHS, style):
+        if item is not None:
+            shown.append((state.clock, item.text))
+        state.clock += delay
+    return sc, shown
+
+
+def seconds_of(text):
+    """tqdm's MM:SS or H:MM:SS in seconds."""
+    total = 0
+    for part in text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
 def runs(lt, style, seeds=SEEDS):
     """Runs over many seeds and every GPU type."""
     for seed in seeds:
@@ -318,6 +338,25 @@ def test_lightning_start_summary_bar_and_checkpoint_lines(lt):
         limit = "max_epochs=%d" % sc.epochs if sc.first_step == 1 and sc.loss_curve == "sft" \
             else "max_steps=%d" % sc.total_steps
         assert "`Trainer.fit` stopped: `%s` reached." % limit in out
+
+
+def test_lightning_bar_elapsed_is_this_processs_time_even_after_a_resume(lt):
+    resumed = 0
+    for seed in range(0, 40):
+        sc, shown = clocked(lt, seed, "lightning", GPU_KEYS[seed % len(GPU_KEYS)])
+        resumed += sc.first_step > 1
+        started = {}
+        for clock, text in shown:
+            m = LIGHTNING_BAR.match(text)
+            if not m:
+                continue
+            elapsed = seconds_of(m.group(6))
+            # tqdm times the bar from its creation in this session: never more than the
+            # session's clock, and it moves on as the clock does.
+            assert elapsed <= clock + 1.0, (seed, text)
+            first = started.setdefault(m.group(1), (clock, elapsed))
+            assert abs((elapsed - first[1]) - (clock - first[0])) <= 2.0, (seed, text)
+    assert resumed
 
 
 # --- DeepSpeed --------------------------------------------------------------------------
