@@ -1306,6 +1306,32 @@ def stamp(item, now=None):
                                                item.text))
 
 
+#: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
+IB_TIMEOUT = 18
+IB_RETRY_CNT = 7
+
+
+def ib_fabric(sc):
+    """Whether inter-node traffic goes over InfiniBand (eight-GPU servers with one HCA each)."""
+    return sc.nodes > 1 and sc.per_node == 8
+
+
+def ib_ack_seconds():
+    """The HCA's local ACK timeout: 4.096 us x 2^NCCL_IB_TIMEOUT."""
+    return 4.096e-6 * 2 ** IB_TIMEOUT
+
+
+def ib_retransmits(stall_s):
+    """Retransmissions that fit in a stall: one per ACK timeout that ran out."""
+    return max(1, min(IB_RETRY_CNT, int(stall_s / ib_ack_seconds())))
+
+
+def ib_peer(sc, rank):
+    """The address of the next node's HCA, the peer a rank's ring sends to."""
+    return "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200,
+                            11 + (rank // sc.per_node + 1) % sc.nodes)
+
+
 # ==========================================================================================
 # Voices: the same run in each framework's words
 #
@@ -1494,13 +1520,28 @@ class ClassicVoice(object):
                          tag)], \
                 [line("Step %s recovered after %.1fs" % (fmt_int(event.step), event.extra_s),
                       "good", tag)]
+        return self.stall_lines(event, rank, drawn)
+
+    def stall_lines(self, event, rank, drawn):
+        """A slow collective that recovers: the stall shown is the pause the run takes."""
+        sc = self.sc
+        name = software_stack(sc)["collective"]
         host = sc.hosts[rank // sc.per_node]
-        return [line("%s WARN %s:%d: collective AllReduce timed out after 30000 ms on rank %d; "
-                     "retrying (attempt 2/3)" % (
-                         software_stack(sc)["collective"], host, drawn, rank), "error",
-                     "NCCL")], \
-            [line("Collective retried successfully after %.1fs; training continues" %
-                  event.extra_s, "good", "NCCL")]
+        if ib_fabric(sc):
+            before = "%s WARN NET/IB : rank %d (%s) got no ACK from peer %s<%d>; the HCA " \
+                "retransmits after its local ACK timeout (NCCL_IB_TIMEOUT=%d, %.2f s; " \
+                "NCCL_IB_RETRY_CNT=%d)" % (name, rank, host, ib_peer(sc, rank), drawn,
+                                           IB_TIMEOUT, ib_ack_seconds(), IB_RETRY_CNT)
+            retransmits = ib_retransmits(event.extra_s)
+            cause = "%d IB retransmission%s of %d allowed" % (
+                retransmits, "" if retransmits == 1 else "s", IB_RETRY_CNT)
+        else:
+            before = "%s AllReduce is waiting on rank %d (%s): the other %d ranks have " \
+                "joined, it has not" % (name, rank, host, sc.gpus - 1)
+            cause = "straggler: rank %d's data loader waited on storage" % rank
+        return [line(before, "warn", "NCCL")], \
+            [line("AllReduce completed after a %.2f s stall (%s); training continues" % (
+                event.extra_s, cause), "good", "NCCL")]
 
     # --- validation, checkpoints, export, summary -----------------------------------
     def validation_lines(self, state, seg, val):
@@ -1829,15 +1870,15 @@ class FrameworkVoice(ClassicVoice):
                                                       capacity, capacity - in_use, in_use),
                          "error", "")] \
                 + self.relog(before[1:]), self.relog(after)
-        if event.kind == "nccl":
-            host = sc.hosts[rank // sc.per_node]
+        if event.kind == "nccl" and ib_fabric(sc):
             pid = self.worker_pid + rank % sc.per_node
-            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : Got "
-                         "completion from peer 10.%d.%d.%d<%d> with error 12, opcode 0, len "
-                         "32768, vendor err 129 (Recv)" % (
-                             host, pid, pid + 311, rank % sc.per_node, sc.seed % 7 + 1,
-                             sc.seed % 200, 11 + (rank // sc.per_node + 1) % sc.nodes, drawn),
-                         "error", "")], self.relog(after)
+            local = rank % sc.per_node
+            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : No ACK "
+                         "from peer %s<%d> on mlx5_%d:1, retransmitting after local ACK "
+                         "timeout (NCCL_IB_TIMEOUT=%d, %.2f s; NCCL_IB_RETRY_CNT=%d)" % (
+                             sc.hosts[rank // sc.per_node], pid, pid + 311, local,
+                             ib_peer(sc, rank), drawn, local, IB_TIMEOUT, ib_ack_seconds(),
+                             IB_RETRY_CNT), "warn", "")], self.relog(after)
         if event.kind == "overflow":
             return [], []
         return self.relog(before), self.relog(after)
@@ -2735,7 +2776,8 @@ def event_phase(sc, state, event, rng, voice):
         free = rng.uniform(0.3, 1.6)
         drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
     elif event.kind == "nccl":
-        drawn = rng.randint(20000, 99999)
+        # The peer's ephemeral port (Linux 32768-60999); one draw, as before.
+        drawn = 32768 + rng.randint(20000, 99999) % 28232
     before, after = voice.event_lines(state, event, rank, drawn)
     for item in before:
         yield item, 0.0

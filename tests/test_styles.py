@@ -649,3 +649,59 @@ def test_hf_num_examples_keeps_the_worked_examples_arithmetic(lt):
     assert shown <= 52002 and len_dataloader // 4 == 406 and len_dataloader == 406 * 4
     sc.packed_samples = 51950
     assert lt.hf_num_examples(sc) == 51950
+
+
+# --- rare events, told consistently in every voice ----------------------------------------
+
+NCCL_WARN = re.compile(r"^([\w.-]+):(\d+):(\d+) \[(\d+)\] ([\w/]+\.cc):(\d+) NCCL WARN (.*)$")
+STALL = re.compile(r"AllReduce completed after a (\d+\.\d\d) s stall \((.*)\); training "
+                   r"continues$")
+
+
+def nccl_seeds(lt, count):
+    """Seeds whose run has an NCCL stall inside the steps it shows."""
+    found = []
+    for seed in range(400):
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)])
+        if any(e.kind == "nccl" for e in sc.events):
+            found.append(seed)
+        if len(found) == count:
+            break
+    return found
+
+
+@pytest.mark.parametrize("style", ["classic"] + FRAMEWORKS)
+def test_an_nccl_stall_says_how_long_it_stalled_and_recovers(lt, style):
+    fabrics = set()
+    for seed in nccl_seeds(lt, 14):
+        sc, shown = clocked(lt, seed, style, GPU_KEYS[seed % len(GPU_KEYS)])
+        event = next(e for e in sc.events if e.kind == "nccl")
+        out = [text for _, text in shown]
+        for text in out:
+            # Nothing claims a timeout that could not have elapsed, or a fatal error.
+            assert not re.search(r"timed out|timeout after|error 12|Watchdog caught|attempt "
+                                 r"\d/\d|30000 ms|\b600000 m", text), text
+        stalls = [(i, STALL.search(t)) for i, t in enumerate(out) if STALL.search(t)]
+        assert len(stalls) == 1, (seed, style)
+        at, stall = stalls[0]
+        assert float(stall.group(1)) == round(event.extra_s, 2)
+        # The line before the stall comes right before the pause; the pause is the stall.
+        assert shown[at][0] - shown[at - 1][0] == pytest.approx(event.extra_s)
+        ib = lt.ib_fabric(sc)
+        fabrics.add(ib)
+        before = out[at - 1]
+        if ib:
+            retransmits = int(re.match(r"(\d+) IB retransmissions? of 7 allowed",
+                                       stall.group(2)).group(1))
+            assert retransmits * 4.096e-6 * 2 ** 18 <= event.extra_s
+            assert "NCCL_IB_TIMEOUT=18, 1.07 s; NCCL_IB_RETRY_CNT=7" in before
+            if style != "classic":
+                warn = NCCL_WARN.match(before)
+                assert warn, before
+                host, pid, tid, device = warn.group(1), warn.group(2), warn.group(3), \
+                    int(warn.group(4))
+                assert host in sc.hosts and device < sc.per_node and pid != tid
+                assert "mlx5_%d:1" % device in warn.group(7)
+        else:
+            assert "straggler" in stall.group(2) and "NET/IB" not in before
+    assert fabrics == {True, False}
