@@ -1306,6 +1306,14 @@ def stamp(item, now=None):
                                                item.text))
 
 
+def start_loss_scale(sc, initial):
+    """The fp16 loss scale the run starts with: the framework's initial scale, or for a
+    resumed job the settled power of two (2^14-2^17) its checkpoint restores."""
+    if sc.first_step > 1:
+        return 2.0 ** (14 + sc.seed % 4)
+    return float(initial)
+
+
 #: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
 IB_TIMEOUT = 18
 IB_RETRY_CNT = 7
@@ -1441,9 +1449,7 @@ class ClassicVoice(object):
             lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
                               tag=tag))
         lines += [
-            line("Mixed precision: %s%s" % (
-                sc.precision, " (dynamic loss scaling, initial scale 65536)"
-                if sc.precision == "fp16" else ""), tag=tag),
+            line("Mixed precision: %s%s" % (sc.precision, self.scaling_text()), tag=tag),
             line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
             line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
@@ -1451,6 +1457,15 @@ class ClassicVoice(object):
                 100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
         ]
         return lines
+
+    def scaling_text(self):
+        sc = self.sc
+        if sc.precision != "fp16":
+            return ""
+        if sc.first_step > 1:
+            return " (dynamic loss scaling, scale %d restored from the checkpoint)" % \
+                start_loss_scale(sc, 65536)
+        return " (dynamic loss scaling, initial scale 65536)"
 
     def ready_lines(self):
         return [line("Ready to train!", "good", "INIT")]
@@ -2257,7 +2272,7 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
-        self.loss_scale = 65536
+        self.loss_scale = int(start_loss_scale(sc, 65536))
         self.hysteresis = 2
         self.skipped = 0
         self.rates = []
@@ -2429,7 +2444,7 @@ class MegatronVoice(FrameworkVoice):
 
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
-        self.loss_scale = 4294967296.0
+        self.loss_scale = start_loss_scale(sc, 4294967296.0)
         self.hysteresis = 2
         self.skipped = 0
         self.nans = 0
@@ -2682,6 +2697,8 @@ def make_voice(style, sc, glyphs):
 
 def init_phase(sc, state, rng, voice):
     """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
+    # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
+    state.loss_scale = start_loss_scale(sc, 65536)
     startup = voice.startup_lines()
     lines = startup + voice.setup_lines()
     for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):

@@ -705,3 +705,43 @@ def test_an_nccl_stall_says_how_long_it_stalled_and_recovers(lt, style):
         else:
             assert "straggler" in stall.group(2) and "NET/IB" not in before
     assert fabrics == {True, False}
+
+
+def fp16_resumed_seeds(lt):
+    found = []
+    for seed in range(200):
+        sc = lt.build_scenario(seed, gpu_key="a100-40g")
+        if sc.precision == "fp16" and sc.first_step > 1:
+            found.append(seed)
+    return found
+
+
+def power_of_two(value):
+    return value > 0 and math.frexp(value)[0] == 0.5
+
+
+def test_a_resumed_fp16_run_shows_a_settled_loss_scale_in_every_voice(lt):
+    seeds = fp16_resumed_seeds(lt)
+    assert len(seeds) >= 4
+    settled = set()
+    for seed in seeds:
+        sc, _, lines = told(lt, seed, "megatron", gpu="a100-40g")
+        scales = [float(m.group(9)) for m in map(MEGATRON.match, texts(lines)) if m]
+        assert scales and all(power_of_two(s) and 2 ** 12 <= s <= 2 ** 17 for s in scales)
+        assert scales == sorted(scales, reverse=True), "only overflows move it, downwards"
+        settled.add(scales[0])
+        _, _, lines = told(lt, seed, "deepspeed", gpu="a100-40g")
+        for text in texts(lines):
+            attempted = re.search(r"Attempted loss scale: (\d+)", text)
+            if attempted:
+                assert 2 ** 12 <= int(attempted.group(1)) <= 2 ** 17
+        _, _, lines = told(lt, seed, "classic", gpu="a100-40g")
+        out = texts(lines)
+        mixed = next(t for t in out if t.startswith("Mixed precision: fp16"))
+        assert "initial scale" not in mixed
+        start = float(re.search(r"scale (\d+) restored from the checkpoint", mixed).group(1))
+        assert power_of_two(start) and 2 ** 14 <= start <= 2 ** 17
+        reduced = [float(m.group(1)) for m in (re.search(
+            r"reducing loss scale to (\d+\.\d)$", t) for t in out) if m]
+        assert reduced == [start / 2 ** (i + 1) for i in range(len(reduced))]
+    assert len(settled) >= 2, "the settled scale comes from the scenario's seed"
