@@ -1314,6 +1314,19 @@ def start_loss_scale(sc, initial):
     return float(initial)
 
 
+def export_writers(sc):
+    """Ranks that write the export's shards in parallel: one shard file each at most."""
+    return max(1, min(len(export_files(sc)), sc.gpus))
+
+
+def writers_text(sc, writers):
+    """`16 ranks on 2 nodes in parallel`, or `rank 0` when one process writes it all."""
+    if writers == 1:
+        return "rank 0"
+    nodes = int(math.ceil(writers / float(sc.per_node)))
+    return "%d ranks on %d node%s in parallel" % (writers, nodes, "" if nodes == 1 else "s")
+
+
 #: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
 IB_TIMEOUT = 18
 IB_RETRY_CNT = 7
@@ -1614,8 +1627,10 @@ class ClassicVoice(object):
         total = export_bytes(sc)
         final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
         what = "adapter weights" if sc.method in ("lora", "qlora") else "model weights (bf16)"
-        lines = [line("Converting %s to SafeTensors: %s in %d file%s" % (
-            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s"), "phase", tag)]
+        writers = export_writers(sc)
+        lines = [line("Converting %s to SafeTensors: %s in %d file%s, written by %s" % (
+            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s",
+            writers_text(sc, writers)), "phase", tag)]
         step = max(1, int(math.ceil(len(files) / 8.0)))
         for index in range(step - 1, len(files), step):
             lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
@@ -1626,8 +1641,11 @@ class ClassicVoice(object):
         if len(files) > 1:
             lines.append(line("Wrote model.safetensors.index.json (total_size %d)" % total,
                               "info", tag))
-        lines.append(line("Exported to %s/ (%s in %.1fs)" % (final, fmt_bytes(total),
-                                                             sc.export_s), "good", tag))
+        each = total / float(writers) / sc.export_s
+        lines.append(line("Exported to %s/ (%s in %.1fs by %s, %s each)" % (
+            final, fmt_bytes(total), sc.export_s, writers_text(sc, writers),
+            "%.2f GB/s" % (each / GB) if each >= GB else "%.1f MB/s" % (each / 1e6)),
+            "good", tag))
         return lines
 
     def summary_lines(self, state, glyphs):

@@ -336,6 +336,39 @@ def test_checkpoints_and_export_follow_bytes_per_parameter(seed):
         assert names[-1][0] == "adapter_model.safetensors"
 
 
+EXPORTED = re.compile(r"Exported to \S+/ \(([\d.]+) (GB|MB) in ([\d.]+)s by (?:rank 0|(\d+) ranks "
+                      r"on (\d+) nodes? in parallel), ([\d.]+) (GB|MB)/s each\)$")
+
+
+def check_export_speed(sc, lines):
+    """The export names its parallel writers, and none of them writes faster than a disk."""
+    match = find(lines, EXPORTED)
+    size, unit, seconds, writers, nodes, each, each_unit = match.groups()
+    each = float(each) / (1 if each_unit == "GB" else 1000.0)
+    total_gb = float(size) / (1 if unit == "GB" else 1000.0)
+    writers = int(writers or 1)
+    files = len(lt.export_files(sc))
+    assert writers <= min(files, sc.gpus)
+    if nodes:
+        assert int(nodes) == math.ceil(writers / float(sc.per_node)) <= sc.nodes
+    assert each <= 2.5
+    assert each * writers * float(seconds) == pytest.approx(total_gb, rel=0.03, abs=0.01)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_export_is_written_in_parallel_at_a_plausible_speed(seed):
+    sc, state, lines = run_of(seed)
+    check_export_speed(sc, lines)
+
+
+@pytest.mark.parametrize("model", ["Llama-3.1-405B", "Llama-3.1-70B", "Mixtral-8x7B",
+                                   "gpt-2-xl", "acme-13B"])
+def test_export_speed_stays_plausible_for_big_and_small_models(model):
+    for seed in range(6):
+        sc, state, lines = record(seed, model_name=model)
+        check_export_speed(sc, lines)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_rare_events_are_rare_and_the_run_goes_on(seed):
     sc, state, lines = run_of(seed)
