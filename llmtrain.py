@@ -1369,6 +1369,10 @@ class ClassicVoice(object):
     name = "classic"
     #: Bars are drawn with the renderer's glyphs; make_voice() sets the run's own.
     glyphs = UNICODE_GLYPHS
+    #: Training methods this framework can run; the others are told in another voice.
+    methods = ("full", "lora", "qlora", "pretrain")
+    #: A line saying why the run is told in this voice and not the one asked for, or None.
+    notice = None
 
     def __init__(self, sc):
         self.sc = sc
@@ -2459,6 +2463,8 @@ class MegatronVoice(FrameworkVoice):
     """Megatron-LM (2024 core_r0.9-era training.py): print_rank_0/print_rank_last lines."""
 
     name = "megatron"
+    #: Megatron-LM trains whole models; adapters are NeMo's or PEFT's business.
+    methods = ("full", "pretrain")
 
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
@@ -2598,6 +2604,8 @@ class TorchtitanVoice(FrameworkVoice):
     """torchtitan (HEAD metrics format): `[titan] time - root - LEVEL - message`."""
 
     name = "torchtitan"
+    #: torchtitan pre-trains and fully fine-tunes; it has no LoRA/QLoRA adapters.
+    methods = ("full", "pretrain")
 
     def log(self, text, kind="info"):
         level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
@@ -2695,17 +2703,33 @@ STYLE_TITLES = {"classic": "llmtrain's own tagged log (the default)",
                 "hf": "Hugging Face transformers 4.46 Trainer",
                 "lightning": "PyTorch Lightning 2.4",
                 "deepspeed": "DeepSpeed 0.16.5 engine",
-                "megatron": "Megatron-LM training loop",
+                "megatron": "Megatron-LM (its training loop)",
                 "torchtitan": "torchtitan (PyTorch native)",
                 "random": "one of the framework styles, picked from the run's seed"}
 
 
+#: The style that tells a run whose method the asked-for framework cannot train.
+FALLBACK_STYLE = "hf"
+
+
 def make_voice(style, sc, glyphs):
-    """The voice of one run; `random` draws from its own stream so the run stays the same."""
+    """The voice of one run; `random` draws from its own stream so the run stays the same
+    and picks only frameworks that can train the run's method. A framework asked for by
+    name that cannot (Megatron or torchtitan and LoRA) hands the run to transformers/PEFT
+    and says so in one line."""
     if style == "random":
-        style = random.Random(sc.seed * 7919 + 23).choice(list(STYLES)[1:])
+        able = [name for name, voice in list(STYLES.items())[1:] if sc.method in voice.methods]
+        style = random.Random(sc.seed * 7919 + 23).choice(able)
+    notice = None
+    if sc.method not in STYLES[style].methods:
+        notice = line("llmtrain: --style %s: %s trains whole models only (no LoRA/QLoRA "
+                      "adapters), so this %s run is told in the %s style (transformers + PEFT)"
+                      % (style, STYLE_TITLES[style].split(" (")[0], method_title(sc),
+                         FALLBACK_STYLE), "info", "")
+        style = FALLBACK_STYLE
     voice = STYLES[style](sc)
     voice.glyphs = glyphs
+    voice.notice = notice
     return voice
 
 
@@ -2717,7 +2741,7 @@ def init_phase(sc, state, rng, voice):
     """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
     # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
     state.loss_scale = start_loss_scale(sc, 65536)
-    startup = voice.startup_lines()
+    startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
     lines = startup + voice.setup_lines()
     for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):
         if index == len(startup):

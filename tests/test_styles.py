@@ -52,10 +52,22 @@ def seconds_of(text):
     return total
 
 
+#: Frameworks that train whole models only: no LoRA/QLoRA adapters.
+WHOLE_MODEL_ONLY = ("megatron", "torchtitan")
+ADAPTERS = ("lora", "qlora")
+
+
 def runs(lt, style, seeds=SEEDS):
-    """Runs over many seeds and every GPU type."""
+    """Runs over many seeds and every GPU type (those the framework can train)."""
+    told_any = False
     for seed in seeds:
-        yield told(lt, seed, style, gpu=GPU_KEYS[seed % len(GPU_KEYS)])
+        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
+        if style in WHOLE_MODEL_ONLY and lt.build_scenario(seed, gpu_key=gpu).method in \
+                ADAPTERS:
+            continue
+        told_any = True
+        yield told(lt, seed, style, gpu=gpu)
+    assert told_any
 
 
 def texts(lines):
@@ -550,6 +562,8 @@ def test_every_style_tells_the_same_run(lt):
 
 def test_printed_losses_are_the_runs_losses_in_every_style(lt):
     for seed in SEEDS[:24]:
+        if lt.build_scenario(seed).method in ADAPTERS:
+            continue
         sc, state, lines = told(lt, seed, "megatron")
         skipped = set(e.step for e in sc.events if e.kind in ("nan", "overflow"))
         megatron = [float(m.group(8)) for m in map(MEGATRON.match, texts(lines))
@@ -563,6 +577,47 @@ def test_printed_losses_are_the_runs_losses_in_every_style(lt):
             assert len(printed) == len(state.loss_history)
             assert all(abs(p - h) <= 0.5e-4 + 1e-9 for p, h in zip(printed,
                                                                  state.loss_history))
+
+
+def test_random_never_picks_a_framework_that_cannot_train_the_runs_method(lt):
+    picked = {}
+    for seed in range(120):
+        sc = lt.build_scenario(seed)
+        voice = lt.make_voice("random", sc, lt.ASCII_GLYPHS)
+        assert voice.notice is None
+        picked.setdefault(sc.method in ADAPTERS, set()).add(voice.name)
+    assert picked[True] and not picked[True] & set(WHOLE_MODEL_ONLY)
+    assert picked[False] & set(WHOLE_MODEL_ONLY)
+
+
+@pytest.mark.parametrize("style", WHOLE_MODEL_ONLY)
+def test_an_adapter_run_asked_of_megatron_or_torchtitan_says_so_once_and_stays_the_run(lt,
+                                                                                      style):
+    adapter_runs = 0
+    for seed in range(40):
+        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
+        sc, state, lines = told(lt, seed, style, gpu=gpu)
+        out = texts(lines)
+        notices = [t for t in out if t.startswith("llmtrain: --style ")]
+        if sc.method not in ADAPTERS:
+            assert notices == [] and state.style == style
+            continue
+        adapter_runs += 1
+        # One clear line first, then the run told where adapters live: transformers + PEFT.
+        assert len(notices) == 1 and out[0] == notices[0]
+        assert "--style %s:" % style in notices[0] and "LoRA" in notices[0]
+        assert "this %s run" % lt.method_title(sc) in notices[0]
+        assert state.style == "hf"
+        assert not any("use_distributed_optimizer" in t or t.startswith("[titan]")
+                       for t in out)
+        trainable = [t for t in out if "Number of trainable parameters = " in t]
+        assert trainable[0].endswith(
+            format(lt.lora_params(sc.model, lt.LORA_RANK[sc.method]), ","))
+        # Same seed, same run: the numbers are the classic run's.
+        _, classic, _ = told(lt, seed, "classic", gpu=gpu)
+        assert (state.loss_history, state.tokens_trained, state.checkpoints) == \
+            (classic.loss_history, classic.tokens_trained, classic.checkpoints)
+    assert adapter_runs >= 3
 
 
 def test_random_style_is_a_framework_style_fixed_by_the_seed(lt):
