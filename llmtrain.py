@@ -24,7 +24,9 @@ Styles: `classic` (the default) is llmtrain's own tagged log. The others tell th
 (same scenario, numbers and pacing for a seed) in one framework's own words: nvidia-smi,
 torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Lightning,
 DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
-`random` picks one of those per run from the run's seed.
+`random` picks one of those per run from the run's seed, among the frameworks that can train
+the run's method: Megatron-LM and torchtitan train whole models only, and a LoRA/QLoRA run
+asked of them is told in the `hf` style, with one line that says so.
 
 Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
 loss, LR, tok/s, and a chart of the training loss with validation points marked), the

@@ -14,7 +14,8 @@ SEEDS = list(range(60))
 
 PROGRESS = re.compile(
     r"Epoch (?P<epoch>\d+)/(?P<epochs>\d+) \[[^\]]*\] (?P<pct>[\d.]+)%  "
-    r"Step (?P<step>\d+)/(?P<steps>\d+)(?: \(step (?P<next>\d+): micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
+    r"Step (?P<step>\d+)/(?P<steps>\d+)"
+    r"(?: \(step (?P<next>\d+): micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
     r" \| Loss: (?P<loss>[\d.]+) \| LR: (?P<lr>[\d.e+-]+) \| Grad Norm: (?P<gn>[\d.]+)"
     r" \| GPU Mem: (?P<used>[\d.]+)/(?P<total>[\d.]+) GB \| (?P<tps>[\d,]+) tok/s"
     r" \| (?P<sps>[\d,.]+) samples/s \| ETA: (?P<eta>[\d:]+)$")
