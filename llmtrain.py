@@ -24,7 +24,9 @@ Styles: `classic` (the default) is llmtrain's own tagged log. The others tell th
 (same scenario, numbers and pacing for a seed) in one framework's own words: nvidia-smi,
 torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Lightning,
 DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
-`random` picks one of those per run from the run's seed.
+`random` picks one of those per run from the run's seed, among the frameworks that can train
+the run's method: Megatron-LM and torchtitan train whole models only, and a LoRA/QLoRA run
+asked of them is told in the `hf` style, with one line that says so.
 
 Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
 loss, LR, tok/s, and a chart of the training loss with validation points marked), the
@@ -1216,8 +1218,9 @@ def progress_text(state, glyphs):
     pct = math.floor(1000.0 * in_epoch_done / sc.steps_per_epoch) / 10.0
     step_text = "Step %d/%d" % (in_epoch, sc.steps_per_epoch)
     if state.micro and state.micro < sc.micro_updates:
-        step_text += " (micro-batch %d/%d)" % (
-            state.micro * sc.grad_accum // sc.micro_updates, sc.grad_accum)
+        # The micro-batches after step s are the next step's: name that step.
+        step_text += " (step %d: micro-batch %d/%d)" % (
+            in_epoch + 1, state.micro * sc.grad_accum // sc.micro_updates, sc.grad_accum)
     fields = [
         "Epoch %d/%d %s %.1f%%  %s" % (state.epoch, sc.epochs,
                                        bar(in_epoch_done / sc.steps_per_epoch, 20, glyphs),
@@ -1326,20 +1329,20 @@ def summary_lines(sc, state, glyphs):
     """The closing box; every figure is the one already shown."""
     final_loss = state.loss_text
     rows = [
-        "Model:           %s (%s)" % (sc.model.name, method_title(sc)),
-        "Cluster:         %s" % sc.cluster_name,
+        "Model: %s (%s)" % (sc.model.name, method_title(sc)),
+        "Cluster: %s" % sc.cluster_name,
     ]
     if sc.resumed_seconds:
-        rows.append("Total time:      %s (this session %s)" % (
+        rows.append("Total time: %s (this session %s)" % (
             fmt_duration(sc.resumed_seconds + state.clock), fmt_duration(state.clock)))
-        rows.append("Tokens trained:  %s this session (%s since step 0)" % (
+        rows.append("Tokens trained: %s this session (%s since step 0)" % (
             fmt_int(state.tokens_trained), fmt_int(sc.last_step * sc.tokens_per_step)))
     else:
-        rows.append("Total time:      %s" % fmt_duration(state.clock))
-        rows.append("Tokens trained:  %s" % fmt_int(state.tokens_trained))
+        rows.append("Total time: %s" % fmt_duration(state.clock))
+        rows.append("Tokens trained: %s" % fmt_int(state.tokens_trained))
     rows += [
-        "Final loss:      %s" % final_loss,
-        "Final PPL:       %.2f" % math.exp(float(final_loss)),
+        "Final loss: %s" % final_loss,
+        "Final PPL: %.2f" % math.exp(float(final_loss)),
         "Checkpoints: %d saved" % state.checkpoints,
     ]
     width = max(len(r) for r in rows) + 4
@@ -1418,6 +1421,53 @@ def stamp(item, now=None):
                                                item.text))
 
 
+def start_loss_scale(sc, initial):
+    """The fp16 loss scale the run starts with: the framework's initial scale, or for a
+    resumed job the settled power of two (2^14-2^17) its checkpoint restores."""
+    if sc.first_step > 1:
+        return 2.0 ** (14 + sc.seed % 4)
+    return float(initial)
+
+
+def export_writers(sc):
+    """Ranks that write the export's shards in parallel: one shard file each at most."""
+    return max(1, min(len(export_files(sc)), sc.gpus))
+
+
+def writers_text(sc, writers):
+    """`16 ranks on 2 nodes in parallel`, or `rank 0` when one process writes it all."""
+    if writers == 1:
+        return "rank 0"
+    nodes = int(math.ceil(writers / float(sc.per_node)))
+    return "%d ranks on %d node%s in parallel" % (writers, nodes, "" if nodes == 1 else "s")
+
+
+#: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
+IB_TIMEOUT = 18
+IB_RETRY_CNT = 7
+
+
+def ib_fabric(sc):
+    """Whether inter-node traffic goes over InfiniBand (eight-GPU servers with one HCA each)."""
+    return sc.nodes > 1 and sc.per_node == 8
+
+
+def ib_ack_seconds():
+    """The HCA's local ACK timeout: 4.096 us x 2^NCCL_IB_TIMEOUT."""
+    return 4.096e-6 * 2 ** IB_TIMEOUT
+
+
+def ib_retransmits(stall_s):
+    """Retransmissions that fit in a stall: one per ACK timeout that ran out."""
+    return max(1, min(IB_RETRY_CNT, int(stall_s / ib_ack_seconds())))
+
+
+def ib_peer(sc, rank):
+    """The address of the next node's HCA, the peer a rank's ring sends to."""
+    return "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200,
+                            11 + (rank // sc.per_node + 1) % sc.nodes)
+
+
 # ==========================================================================================
 # Voices: the same run in each framework's words
 #
@@ -1434,6 +1484,10 @@ class ClassicVoice(object):
     name = "classic"
     #: Bars are drawn with the renderer's glyphs; make_voice() sets the run's own.
     glyphs = UNICODE_GLYPHS
+    #: Training methods this framework can run; the others are told in another voice.
+    methods = ("full", "lora", "qlora", "pretrain")
+    #: A line saying why the run is told in this voice and not the one asked for, or None.
+    notice = None
 
     def __init__(self, sc):
         self.sc = sc
@@ -1527,9 +1581,7 @@ class ClassicVoice(object):
             lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
                               tag=tag))
         lines += [
-            line("Mixed precision: %s%s" % (
-                sc.precision, " (dynamic loss scaling, initial scale 65536)"
-                if sc.precision == "fp16" else ""), tag=tag),
+            line("Mixed precision: %s%s" % (sc.precision, self.scaling_text()), tag=tag),
             line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
             line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
@@ -1537,6 +1589,15 @@ class ClassicVoice(object):
                 100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
         ]
         return lines
+
+    def scaling_text(self):
+        sc = self.sc
+        if sc.precision != "fp16":
+            return ""
+        if sc.first_step > 1:
+            return " (dynamic loss scaling, scale %d restored from the checkpoint)" % \
+                start_loss_scale(sc, 65536)
+        return " (dynamic loss scaling, initial scale 65536)"
 
     def ready_lines(self):
         return [line("Ready to train!", "good", "INIT")]
@@ -1606,13 +1667,28 @@ class ClassicVoice(object):
                          tag)], \
                 [line("Step %s recovered after %.1fs" % (fmt_int(event.step), event.extra_s),
                       "good", tag)]
+        return self.stall_lines(event, rank, drawn)
+
+    def stall_lines(self, event, rank, drawn):
+        """A slow collective that recovers: the stall shown is the pause the run takes."""
+        sc = self.sc
+        name = software_stack(sc)["collective"]
         host = sc.hosts[rank // sc.per_node]
-        return [line("%s WARN %s:%d: collective AllReduce timed out after 30000 ms on rank %d; "
-                     "retrying (attempt 2/3)" % (
-                         software_stack(sc)["collective"], host, drawn, rank), "error",
-                     "NCCL")], \
-            [line("Collective retried successfully after %.1fs; training continues" %
-                  event.extra_s, "good", "NCCL")]
+        if ib_fabric(sc):
+            before = "%s WARN NET/IB : rank %d (%s) got no ACK from peer %s<%d>; the HCA " \
+                "retransmits after its local ACK timeout (NCCL_IB_TIMEOUT=%d, %.2f s; " \
+                "NCCL_IB_RETRY_CNT=%d)" % (name, rank, host, ib_peer(sc, rank), drawn,
+                                           IB_TIMEOUT, ib_ack_seconds(), IB_RETRY_CNT)
+            retransmits = ib_retransmits(event.extra_s)
+            cause = "%d IB retransmission%s of %d allowed" % (
+                retransmits, "" if retransmits == 1 else "s", IB_RETRY_CNT)
+        else:
+            before = "%s AllReduce is waiting on rank %d (%s): the other %d ranks have " \
+                "joined, it has not" % (name, rank, host, sc.gpus - 1)
+            cause = "straggler: rank %d's data loader waited on storage" % rank
+        return [line(before, "warn", "NCCL")], \
+            [line("AllReduce completed after a %.2f s stall (%s); training continues" % (
+                event.extra_s, cause), "good", "NCCL")]
 
     # --- validation, checkpoints, export, summary -----------------------------------
     def validation_lines(self, state, seg, val):
@@ -1670,8 +1746,10 @@ class ClassicVoice(object):
         total = export_bytes(sc)
         final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
         what = "adapter weights" if sc.method in ("lora", "qlora") else "model weights (bf16)"
-        lines = [line("Converting %s to SafeTensors: %s in %d file%s" % (
-            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s"), "phase", tag)]
+        writers = export_writers(sc)
+        lines = [line("Converting %s to SafeTensors: %s in %d file%s, written by %s" % (
+            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s",
+            writers_text(sc, writers)), "phase", tag)]
         step = max(1, int(math.ceil(len(files) / 8.0)))
         for index in range(step - 1, len(files), step):
             lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
@@ -1682,8 +1760,11 @@ class ClassicVoice(object):
         if len(files) > 1:
             lines.append(line("Wrote model.safetensors.index.json (total_size %d)" % total,
                               "info", tag))
-        lines.append(line("Exported to %s/ (%s in %.1fs)" % (final, fmt_bytes(total),
-                                                             sc.export_s), "good", tag))
+        each = total / float(writers) / sc.export_s
+        lines.append(line("Exported to %s/ (%s in %.1fs by %s, %s each)" % (
+            final, fmt_bytes(total), sc.export_s, writers_text(sc, writers),
+            "%.2f GB/s" % (each / GB) if each >= GB else "%.1f MB/s" % (each / 1e6)),
+            "good", tag))
         return lines
 
     def summary_lines(self, state, glyphs):
@@ -1941,15 +2022,15 @@ class FrameworkVoice(ClassicVoice):
                                                       capacity, capacity - in_use, in_use),
                          "error", "")] \
                 + self.relog(before[1:]), self.relog(after)
-        if event.kind == "nccl":
-            host = sc.hosts[rank // sc.per_node]
+        if event.kind == "nccl" and ib_fabric(sc):
             pid = self.worker_pid + rank % sc.per_node
-            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : Got "
-                         "completion from peer 10.%d.%d.%d<%d> with error 12, opcode 0, len "
-                         "32768, vendor err 129 (Recv)" % (
-                             host, pid, pid + 311, rank % sc.per_node, sc.seed % 7 + 1,
-                             sc.seed % 200, 11 + (rank // sc.per_node + 1) % sc.nodes, drawn),
-                         "error", "")], self.relog(after)
+            local = rank % sc.per_node
+            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : No ACK "
+                         "from peer %s<%d> on mlx5_%d:1, retransmitting after local ACK "
+                         "timeout (NCCL_IB_TIMEOUT=%d, %.2f s; NCCL_IB_RETRY_CNT=%d)" % (
+                             sc.hosts[rank // sc.per_node], pid, pid + 311, local,
+                             ib_peer(sc, rank), drawn, local, IB_TIMEOUT, ib_ack_seconds(),
+                             IB_RETRY_CNT), "warn", "")], self.relog(after)
         if event.kind == "overflow":
             return [], []
         return self.relog(before), self.relog(after)
@@ -2183,6 +2264,7 @@ class LightningVoice(FrameworkVoice):
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
         self.v_num = 0 if sc.first_step == 1 else 1 + sc.seed % 5
+        self.bar_started = None
         self.val_loss = None
         self.best = None
         self.saved = 0
@@ -2259,7 +2341,8 @@ class LightningVoice(FrameworkVoice):
         if state.micro and sc.micro_updates > 1:
             done += state.micro * sc.grad_accum // sc.micro_updates
         rate = state.tokens_per_s / float(sc.tokens_per_step) * sc.grad_accum
-        elapsed = done / rate if rate else 0.0
+        # tqdm times the bar from its creation in this process, not from the epoch's start.
+        elapsed = state.clock - self.bar_started if self.bar_started is not None else 0.0
         postfix = ", v_num=%d" % self.v_num
         if state.loss is not None:
             postfix += ", train_loss=%s" % tqdm_number(float(state.loss_text))
@@ -2267,6 +2350,11 @@ class LightningVoice(FrameworkVoice):
             postfix += ", val_loss=%s" % tqdm_number(self.val_loss)
         return line(tqdm_meter(done, batches, elapsed, rate, self.glyphs,
                                "Epoch %d: " % (state.epoch - 1), False, postfix), kind, "")
+
+    def epoch_lines(self, state, first_step):
+        """A new epoch bar (or, after a resume, the restored epoch's) starts timing now."""
+        self.bar_started = state.clock
+        return []
 
     def micro_lines(self, state, glyphs):
         return [self.bar_line(state)] if state.tokens_per_s else []
@@ -2321,7 +2409,7 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
-        self.loss_scale = 65536
+        self.loss_scale = int(start_loss_scale(sc, 65536))
         self.hysteresis = 2
         self.skipped = 0
         self.rates = []
@@ -2490,10 +2578,12 @@ class MegatronVoice(FrameworkVoice):
     """Megatron-LM (2024 core_r0.9-era training.py): print_rank_0/print_rank_last lines."""
 
     name = "megatron"
+    #: Megatron-LM trains whole models; adapters are NeMo's or PEFT's business.
+    methods = ("full", "pretrain")
 
     def __init__(self, sc):
         FrameworkVoice.__init__(self, sc)
-        self.loss_scale = 4294967296.0
+        self.loss_scale = start_loss_scale(sc, 4294967296.0)
         self.hysteresis = 2
         self.skipped = 0
         self.nans = 0
@@ -2629,6 +2719,8 @@ class TorchtitanVoice(FrameworkVoice):
     """torchtitan (HEAD metrics format): `[titan] time - root - LEVEL - message`."""
 
     name = "torchtitan"
+    #: torchtitan pre-trains and fully fine-tunes; it has no LoRA/QLoRA adapters.
+    methods = ("full", "pretrain")
 
     def log(self, text, kind="info"):
         level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
@@ -2726,17 +2818,33 @@ STYLE_TITLES = {"classic": "llmtrain's own tagged log (the default)",
                 "hf": "Hugging Face transformers 4.46 Trainer",
                 "lightning": "PyTorch Lightning 2.4",
                 "deepspeed": "DeepSpeed 0.16.5 engine",
-                "megatron": "Megatron-LM training loop",
+                "megatron": "Megatron-LM (its training loop)",
                 "torchtitan": "torchtitan (PyTorch native)",
                 "random": "one of the framework styles, picked from the run's seed"}
 
 
+#: The style that tells a run whose method the asked-for framework cannot train.
+FALLBACK_STYLE = "hf"
+
+
 def make_voice(style, sc, glyphs):
-    """The voice of one run; `random` draws from its own stream so the run stays the same."""
+    """The voice of one run; `random` draws from its own stream so the run stays the same
+    and picks only frameworks that can train the run's method. A framework asked for by
+    name that cannot (Megatron or torchtitan and LoRA) hands the run to transformers/PEFT
+    and says so in one line."""
     if style == "random":
-        style = random.Random(sc.seed * 7919 + 23).choice(list(STYLES)[1:])
+        able = [name for name, voice in list(STYLES.items())[1:] if sc.method in voice.methods]
+        style = random.Random(sc.seed * 7919 + 23).choice(able)
+    notice = None
+    if sc.method not in STYLES[style].methods:
+        notice = line("llmtrain: --style %s: %s trains whole models only (no LoRA/QLoRA "
+                      "adapters), so this %s run is told in the %s style (transformers + PEFT)"
+                      % (style, STYLE_TITLES[style].split(" (")[0], method_title(sc),
+                         FALLBACK_STYLE), "info", "")
+        style = FALLBACK_STYLE
     voice = STYLES[style](sc)
     voice.glyphs = glyphs
+    voice.notice = notice
     return voice
 
 
@@ -2746,7 +2854,9 @@ def make_voice(style, sc, glyphs):
 
 def init_phase(sc, state, rng, voice):
     """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
-    startup = voice.startup_lines()
+    # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
+    state.loss_scale = start_loss_scale(sc, 65536)
+    startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
     lines = startup + voice.setup_lines()
     for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):
         if index == len(startup):
@@ -2841,7 +2951,8 @@ def event_phase(sc, state, event, rng, voice):
         free = rng.uniform(0.3, 1.6)
         drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
     elif event.kind == "nccl":
-        drawn = rng.randint(20000, 99999)
+        # The peer's ephemeral port (Linux 32768-60999); one draw, as before.
+        drawn = 32768 + rng.randint(20000, 99999) % 28232
     before, after = voice.event_lines(state, event, rank, drawn)
     for item in before:
         yield item, 0.0

@@ -14,7 +14,8 @@ SEEDS = list(range(60))
 
 PROGRESS = re.compile(
     r"Epoch (?P<epoch>\d+)/(?P<epochs>\d+) \[[^\]]*\] (?P<pct>[\d.]+)%  "
-    r"Step (?P<step>\d+)/(?P<steps>\d+)(?: \(micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
+    r"Step (?P<step>\d+)/(?P<steps>\d+)"
+    r"(?: \(step (?P<next>\d+): micro-batch (?P<micro>\d+)/(?P<accum>\d+)\))?"
     r" \| Loss: (?P<loss>[\d.]+) \| LR: (?P<lr>[\d.e+-]+) \| Grad Norm: (?P<gn>[\d.]+)"
     r" \| GPU Mem: (?P<used>[\d.]+)/(?P<total>[\d.]+) GB \| (?P<tps>[\d,]+) tok/s"
     r" \| (?P<sps>[\d,.]+) samples/s \| ETA: (?P<eta>[\d:]+)$")
@@ -147,6 +148,10 @@ def test_progress_never_goes_backwards(seed):
         assert int(match.group("steps")) == sc.steps_per_epoch
         assert int(match.group("epochs")) == sc.epochs
         assert 0 <= current[2] <= 100
+        if match.group("micro"):
+            # Micro-batches shown after step s belong to step s + 1, and the label says so.
+            assert int(match.group("next")) == current[1] + 1
+            assert 1 <= int(match.group("micro")) < int(match.group("accum")) == sc.grad_accum
         previous = current
 
 
@@ -276,19 +281,24 @@ def test_validation_and_summary_agree_with_what_was_shown(seed):
                                                       abs=0.006)
     losses = [m.group("loss") for _, m in progress(lines)]
     summary = "\n".join(t for _, item in lines if item.kind == "box" for t in [item.text])
-    final = re.search(r"Final loss:\s+([\d.]+)", summary).group(1)
+    final = re.search(r"Final loss: ([\d.]+)", summary).group(1)
     assert final == losses[-1]
-    ppl = float(re.search(r"Final PPL:\s+([\d.]+)", summary).group(1))
+    ppl = float(re.search(r"Final PPL: ([\d.]+)", summary).group(1))
     assert ppl == pytest.approx(math.exp(float(final)), abs=0.006)
     saved = [t for t in all_text if CKPT_SAVED.search(t)]
     assert re.search(r"Checkpoints: (\d+) saved", summary).group(1) == str(len(saved))
-    total = re.search(r"Total time:\s+(\S+(?: \S+)?)", summary).group(1)
+    total = re.search(r"Total time: (\S+(?: \S+)?)", summary).group(1)
     session = re.search(r"this session ([\d:]+)", summary)
     assert parse_hms(session.group(1) if session else total) == int(state.clock)
     if session:
         assert parse_hms(total) == int(sc.resumed_seconds + state.clock)
-    tokens = number(re.search(r"Tokens trained:\s+([\d,]+)", summary).group(1))
+    tokens = number(re.search(r"Tokens trained: ([\d,]+)", summary).group(1))
     assert tokens == sc.session_steps * sc.tokens_per_step
+    # Every row is `Label: value`, one space after the colon, like `Checkpoints: n saved`.
+    rows = [item.text for _, item in lines if item.kind == "box"][1:-1]
+    labels = [re.match(r"^\W  ([A-Z][\w ]*?): (\S.*?) *\W$", row) for row in rows]
+    assert all(labels), rows
+    assert [m.group(1) for m in labels][:3] == ["Model", "Cluster", "Total time"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -328,6 +338,39 @@ def test_checkpoints_and_export_follow_bytes_per_parameter(seed):
             assert names[-1][0] == "model-%05d-of-%05d.safetensors" % (count, count)
     else:
         assert names[-1][0] == "adapter_model.safetensors"
+
+
+EXPORTED = re.compile(r"Exported to \S+/ \(([\d.]+) (GB|MB) in ([\d.]+)s by (?:rank 0|(\d+) ranks "
+                      r"on (\d+) nodes? in parallel), ([\d.]+) (GB|MB)/s each\)$")
+
+
+def check_export_speed(sc, lines):
+    """The export names its parallel writers, and none of them writes faster than a disk."""
+    match = find(lines, EXPORTED)
+    size, unit, seconds, writers, nodes, each, each_unit = match.groups()
+    each = float(each) / (1 if each_unit == "GB" else 1000.0)
+    total_gb = float(size) / (1 if unit == "GB" else 1000.0)
+    writers = int(writers or 1)
+    files = len(lt.export_files(sc))
+    assert writers <= min(files, sc.gpus)
+    if nodes:
+        assert int(nodes) == math.ceil(writers / float(sc.per_node)) <= sc.nodes
+    assert each <= 2.5
+    assert each * writers * float(seconds) == pytest.approx(total_gb, rel=0.03, abs=0.01)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_export_is_written_in_parallel_at_a_plausible_speed(seed):
+    sc, state, lines = run_of(seed)
+    check_export_speed(sc, lines)
+
+
+@pytest.mark.parametrize("model", ["Llama-3.1-405B", "Llama-3.1-70B", "Mixtral-8x7B",
+                                   "gpt-2-xl", "acme-13B"])
+def test_export_speed_stays_plausible_for_big_and_small_models(model):
+    for seed in range(6):
+        sc, state, lines = record(seed, model_name=model)
+        check_export_speed(sc, lines)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

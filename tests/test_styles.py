@@ -32,10 +32,42 @@ def told(lt, seed, style, gpu=None, gpus=None):
     return sc, state, lines
 
 
+def clocked(lt, seed, style, gpu=None):
+    """(scenario, [(clock when shown, text)]) of one whole run told in `style`."""
+    sc = lt.build_scenario(seed, gpu_key=gpu)
+    state = lt.RunState(sc)
+    shown = []
+    for item, delay in lt.run_phases(sc, state, lt.UNICODE_GLYPHS, style):
+        if item is not None:
+            shown.append((state.clock, item.text))
+        state.clock += delay
+    return sc, shown
+
+
+def seconds_of(text):
+    """tqdm's MM:SS or H:MM:SS in seconds."""
+    total = 0
+    for part in text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+#: Frameworks that train whole models only: no LoRA/QLoRA adapters.
+WHOLE_MODEL_ONLY = ("megatron", "torchtitan")
+ADAPTERS = ("lora", "qlora")
+
+
 def runs(lt, style, seeds=SEEDS):
-    """Runs over many seeds and every GPU type."""
+    """Runs over many seeds and every GPU type (those the framework can train)."""
+    told_any = False
     for seed in seeds:
-        yield told(lt, seed, style, gpu=GPU_KEYS[seed % len(GPU_KEYS)])
+        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
+        if style in WHOLE_MODEL_ONLY and lt.build_scenario(seed, gpu_key=gpu).method in \
+                ADAPTERS:
+            continue
+        told_any = True
+        yield told(lt, seed, style, gpu=gpu)
+    assert told_any
 
 
 def texts(lines):
@@ -320,6 +352,25 @@ def test_lightning_start_summary_bar_and_checkpoint_lines(lt):
         assert "`Trainer.fit` stopped: `%s` reached." % limit in out
 
 
+def test_lightning_bar_elapsed_is_this_processs_time_even_after_a_resume(lt):
+    resumed = 0
+    for seed in range(0, 40):
+        sc, shown = clocked(lt, seed, "lightning", GPU_KEYS[seed % len(GPU_KEYS)])
+        resumed += sc.first_step > 1
+        started = {}
+        for clock, text in shown:
+            m = LIGHTNING_BAR.match(text)
+            if not m:
+                continue
+            elapsed = seconds_of(m.group(6))
+            # tqdm times the bar from its creation in this session: never more than the
+            # session's clock, and it moves on as the clock does.
+            assert elapsed <= clock + 1.0, (seed, text)
+            first = started.setdefault(m.group(1), (clock, elapsed))
+            assert abs((elapsed - first[1]) - (clock - first[0])) <= 2.0, (seed, text)
+    assert resumed
+
+
 # --- DeepSpeed --------------------------------------------------------------------------
 
 DS = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] \[(INFO|WARNING|ERROR)\] "
@@ -510,6 +561,8 @@ def test_every_style_tells_the_same_run(lt):
 
 def test_printed_losses_are_the_runs_losses_in_every_style(lt):
     for seed in SEEDS[:24]:
+        if lt.build_scenario(seed).method in ADAPTERS:
+            continue
         sc, state, lines = told(lt, seed, "megatron")
         skipped = set(e.step for e in sc.events if e.kind in ("nan", "overflow"))
         megatron = [float(m.group(8)) for m in map(MEGATRON.match, texts(lines))
@@ -523,6 +576,47 @@ def test_printed_losses_are_the_runs_losses_in_every_style(lt):
             assert len(printed) == len(state.loss_history)
             assert all(abs(p - h) <= 0.5e-4 + 1e-9 for p, h in zip(printed,
                                                                  state.loss_history))
+
+
+def test_random_never_picks_a_framework_that_cannot_train_the_runs_method(lt):
+    picked = {}
+    for seed in range(120):
+        sc = lt.build_scenario(seed)
+        voice = lt.make_voice("random", sc, lt.ASCII_GLYPHS)
+        assert voice.notice is None
+        picked.setdefault(sc.method in ADAPTERS, set()).add(voice.name)
+    assert picked[True] and not picked[True] & set(WHOLE_MODEL_ONLY)
+    assert picked[False] & set(WHOLE_MODEL_ONLY)
+
+
+@pytest.mark.parametrize("style", WHOLE_MODEL_ONLY)
+def test_an_adapter_run_asked_of_megatron_or_torchtitan_says_so_once_and_stays_the_run(lt,
+                                                                                      style):
+    adapter_runs = 0
+    for seed in range(40):
+        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
+        sc, state, lines = told(lt, seed, style, gpu=gpu)
+        out = texts(lines)
+        notices = [t for t in out if t.startswith("llmtrain: --style ")]
+        if sc.method not in ADAPTERS:
+            assert notices == [] and state.style == style
+            continue
+        adapter_runs += 1
+        # One clear line first, then the run told where adapters live: transformers + PEFT.
+        assert len(notices) == 1 and out[0] == notices[0]
+        assert "--style %s:" % style in notices[0] and "LoRA" in notices[0]
+        assert "this %s run" % lt.method_title(sc) in notices[0]
+        assert state.style == "hf"
+        assert not any("use_distributed_optimizer" in t or t.startswith("[titan]")
+                       for t in out)
+        trainable = [t for t in out if "Number of trainable parameters = " in t]
+        assert trainable[0].endswith(
+            format(lt.lora_params(sc.model, lt.LORA_RANK[sc.method]), ","))
+        # Same seed, same run: the numbers are the classic run's.
+        _, classic, _ = told(lt, seed, "classic", gpu=gpu)
+        assert (state.loss_history, state.tokens_trained, state.checkpoints) == \
+            (classic.loss_history, classic.tokens_trained, classic.checkpoints)
+    assert adapter_runs >= 3
 
 
 def test_random_style_is_a_framework_style_fixed_by_the_seed(lt):
@@ -609,3 +703,99 @@ def test_hf_num_examples_keeps_the_worked_examples_arithmetic(lt):
     assert shown <= 52002 and len_dataloader // 4 == 406 and len_dataloader == 406 * 4
     sc.packed_samples = 51950
     assert lt.hf_num_examples(sc) == 51950
+
+
+# --- rare events, told consistently in every voice ----------------------------------------
+
+NCCL_WARN = re.compile(r"^([\w.-]+):(\d+):(\d+) \[(\d+)\] ([\w/]+\.cc):(\d+) NCCL WARN (.*)$")
+STALL = re.compile(r"AllReduce completed after a (\d+\.\d\d) s stall \((.*)\); training "
+                   r"continues$")
+
+
+def nccl_seeds(lt, count):
+    """Seeds whose run has an NCCL stall inside the steps it shows."""
+    found = []
+    for seed in range(400):
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)])
+        if any(e.kind == "nccl" for e in sc.events):
+            found.append(seed)
+        if len(found) == count:
+            break
+    return found
+
+
+@pytest.mark.parametrize("style", ["classic"] + FRAMEWORKS)
+def test_an_nccl_stall_says_how_long_it_stalled_and_recovers(lt, style):
+    fabrics = set()
+    for seed in nccl_seeds(lt, 14):
+        sc, shown = clocked(lt, seed, style, GPU_KEYS[seed % len(GPU_KEYS)])
+        event = next(e for e in sc.events if e.kind == "nccl")
+        out = [text for _, text in shown]
+        for text in out:
+            # Nothing claims a timeout that could not have elapsed, or a fatal error.
+            assert not re.search(r"timed out|timeout after|error 12|Watchdog caught|attempt "
+                                 r"\d/\d|30000 ms|\b600000 m", text), text
+        stalls = [(i, STALL.search(t)) for i, t in enumerate(out) if STALL.search(t)]
+        assert len(stalls) == 1, (seed, style)
+        at, stall = stalls[0]
+        assert float(stall.group(1)) == round(event.extra_s, 2)
+        # The line before the stall comes right before the pause; the pause is the stall.
+        assert shown[at][0] - shown[at - 1][0] == pytest.approx(event.extra_s)
+        ib = lt.ib_fabric(sc)
+        fabrics.add(ib)
+        before = out[at - 1]
+        if ib:
+            retransmits = int(re.match(r"(\d+) IB retransmissions? of 7 allowed",
+                                       stall.group(2)).group(1))
+            assert retransmits * 4.096e-6 * 2 ** 18 <= event.extra_s
+            assert "NCCL_IB_TIMEOUT=18, 1.07 s; NCCL_IB_RETRY_CNT=7" in before
+            if style != "classic":
+                warn = NCCL_WARN.match(before)
+                assert warn, before
+                host, pid, tid, device = warn.group(1), warn.group(2), warn.group(3), \
+                    int(warn.group(4))
+                assert host in sc.hosts and device < sc.per_node and pid != tid
+                assert "mlx5_%d:1" % device in warn.group(7)
+        else:
+            assert "straggler" in stall.group(2) and "NET/IB" not in before
+    assert fabrics == {True, False}
+
+
+def fp16_resumed_seeds(lt):
+    found = []
+    for seed in range(200):
+        sc = lt.build_scenario(seed, gpu_key="a100-40g")
+        if sc.precision == "fp16" and sc.first_step > 1:
+            found.append(seed)
+    return found
+
+
+def power_of_two(value):
+    return value > 0 and math.frexp(value)[0] == 0.5
+
+
+def test_a_resumed_fp16_run_shows_a_settled_loss_scale_in_every_voice(lt):
+    seeds = fp16_resumed_seeds(lt)
+    assert len(seeds) >= 4
+    settled = set()
+    for seed in seeds:
+        sc, _, lines = told(lt, seed, "megatron", gpu="a100-40g")
+        scales = [float(m.group(9)) for m in map(MEGATRON.match, texts(lines)) if m]
+        assert scales and all(power_of_two(s) and 2 ** 12 <= s <= 2 ** 17 for s in scales)
+        assert scales == sorted(scales, reverse=True), "only overflows move it, downwards"
+        settled.add(scales[0])
+        _, _, lines = told(lt, seed, "deepspeed", gpu="a100-40g")
+        for text in texts(lines):
+            attempted = re.search(r"Attempted loss scale: (\d+)", text)
+            if attempted:
+                assert 2 ** 12 <= int(attempted.group(1)) <= 2 ** 17
+        _, _, lines = told(lt, seed, "classic", gpu="a100-40g")
+        out = texts(lines)
+        mixed = next(t for t in out if t.startswith("Mixed precision: fp16"))
+        assert "initial scale" not in mixed
+        start = float(re.search(r"scale (\d+) restored from the checkpoint", mixed).group(1))
+        assert power_of_two(start) and 2 ** 14 <= start <= 2 ** 17
+        reduced = [float(m.group(1)) for m in (re.search(
+            r"reducing loss scale to (\d+\.\d)$", t) for t in out) if m]
+        assert reduced == [start / 2 ** (i + 1) for i in range(len(reduced))]
+    assert len(settled) >= 2, "the settled scale comes from the scenario's seed"
