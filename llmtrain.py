@@ -49,11 +49,14 @@ Standard library only, Python 3.6 or newer.
 
 import argparse
 import collections
+import errno
+import io
 import json
 import math
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import struct
@@ -3529,12 +3532,17 @@ class DashboardRenderer(object):
         started = time.monotonic()
         key = self.scr.getch()
         if key == -1:
+            if not wait_ms:
+                # A bare poll (--instant never waits): ask the terminal itself if it is there.
+                if terminal_gone(0):
+                    raise TerminalLost()
+                return
             # A dead terminal returns at once however long the timeout: count those.
-            if wait_ms and time.monotonic() - started < wait_ms / 4000.0:
+            if time.monotonic() - started < wait_ms / 4000.0:
                 self.quick_polls += 1
                 if self.quick_polls >= DEAD_TERMINAL_POLLS:
                     raise TerminalLost()
-            elif wait_ms:
+            else:
                 self.quick_polls = 0
             return
         self.quick_polls = 0
@@ -3655,6 +3663,17 @@ class DashboardRenderer(object):
             self.curses.doupdate()
         except self.curses.error:
             pass  # a terminal that has gone away is noticed by read_key
+
+
+def terminal_gone(fd):
+    """True when the terminal on fd has hung up (closed pty, dropped SSH connection)."""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return True
+    return any(flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, flags in events)
 
 
 def end_curses(curses):
@@ -3872,8 +3891,9 @@ def raise_terminated(signum, frame):
 
 
 def install_signal_handlers():
+    """Terminating signals raise; one that was ignored when we started (nohup) stays so."""
     for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):
-        if hasattr(signal, name):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), raise_terminated)
 
 
@@ -3916,11 +3936,15 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, "%s: error: %s (see --help)\n" % (self.prog, message))
 
 
-def positive_int(text, upper=None):
-    try:
-        value = int(text)
-    except ValueError:
+def whole_number(text):
+    """ASCII digits only: int() would also take ' 5', '1_000' and other scripts' digits."""
+    if not re.match(r"^[0-9]+$", text):
         raise argparse.ArgumentTypeError("%r is not a whole number" % text)
+    return int(text)
+
+
+def positive_int(text, upper=None):
+    value = whole_number(text)
     if value < 1 or (upper is not None and value > upper):
         raise argparse.ArgumentTypeError("%s is out of range (1-%s)" % (
             text, upper if upper else "..."))
@@ -3932,11 +3956,8 @@ def gpu_count(text):
 
 
 def seed_value(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text)
-    if value < 0 or value >= 2 ** 63:
+    value = whole_number(text)
+    if value >= 2 ** 63:
         raise argparse.ArgumentTypeError("%s is out of range (0 to 2**63-1)" % text)
     return value
 
@@ -3957,6 +3978,12 @@ def duration_value(text):
     if not text.strip() or not match or not any(match.groups()):
         raise argparse.ArgumentTypeError("%r is not a duration like 90s, 5m or 1h30m" % text)
     hours, minutes, seconds = match.groups()
+    if (hours and minutes and int(minutes) >= 60) or \
+            ((hours or minutes) and seconds and float(seconds) >= 60):
+        raise argparse.ArgumentTypeError("%r: minutes and seconds after a larger unit must be "
+                                         "under 60" % text)
+    if len(text) > 20:
+        raise argparse.ArgumentTypeError("%r is too long to be a duration" % text)
     total = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
     if total <= 0:
         raise argparse.ArgumentTypeError("%r must be longer than zero" % text)
@@ -4024,7 +4051,7 @@ def list_styles():
 def wants_color(choice, stream, environ):
     if choice == "always":
         return True
-    if choice == "never" or "NO_COLOR" in environ:
+    if choice == "never" or environ.get("NO_COLOR"):  # set and non-empty, per no-color.org
         return False
     return stream.isatty() and environ.get("TERM", "") not in ("", "dumb")
 
@@ -4033,28 +4060,43 @@ def wants_color(choice, stream, environ):
 # main
 # ==========================================================================================
 
-def main(argv=None):
-    parser, args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.list_models:
-        sys.stdout.write(list_models())
-        return EXIT_OK
-    if args.list_styles:
-        sys.stdout.write(list_styles())
-        return EXIT_OK
-    first_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+def tolerant(stream):
+    """The stream with unencodable characters replaced: a model name the terminal's encoding
+    lacks must not end the run."""
     try:
-        build_scenario(first_seed, args.model, args.gpus, args.gpu, args.humor)
-    except ScenarioError as error:
-        parser.error(str(error))
-    pacer = Pacer(args.speed, args.instant, args.exit_after)
-    stream = sys.stdout
-    color = wants_color(args.color, stream, os.environ)
-    # Our handlers go in before initscr, so curses installs none of its own for SIGTERM.
+        stream.reconfigure(errors="replace")
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass  # Python 3.6, or a stream that cannot change: glyphs are checked anyway
+    return stream
+
+
+def main(argv=None):
+    if sys.stdout is None:
+        # Started with stdout closed (>&-): there is nowhere to print or draw.
+        if sys.stderr is not None:
+            sys.stderr.write("llmtrain: error: standard output is closed\n")
+        return EXIT_USAGE
+    # Handlers first, so a signal during start-up ends as quietly as one later on; ours go
+    # in before initscr, so curses installs none of its own for SIGTERM.
     install_signal_handlers()
+    stream = tolerant(sys.stdout)
     status = EXIT_OK
     renderer = None
     try:
         try:
+            parser, args = parse_args(sys.argv[1:] if argv is None else argv)
+            if args.list_models or args.list_styles:
+                stream.write(list_models() if args.list_models else list_styles())
+                stream.flush()
+                return EXIT_OK
+            first_seed = args.seed if args.seed is not None else \
+                random.SystemRandom().randrange(2 ** 31)
+            try:
+                build_scenario(first_seed, args.model, args.gpus, args.gpu, args.humor)
+            except ScenarioError as error:
+                parser.error(str(error))
+            pacer = Pacer(args.speed, args.instant, args.exit_after)
+            color = wants_color(args.color, stream, os.environ)
             renderer = None if args.plain else open_dashboard(color, args.ascii)
             if renderer is None:
                 renderer = PlainRenderer(stream, color, redraw=stream.isatty())
@@ -4076,10 +4118,19 @@ def main(argv=None):
     except BrokenPipeError:
         silence_stdout()
         return EXIT_OK
+    except OSError as error:
+        if error.errno in (errno.EIO, errno.ENXIO):
+            return EXIT_SIGNAL_BASE + signal.SIGHUP  # the terminal went away mid-write
+        sys.stderr.write("llmtrain: error: cannot write the output: %s\n" % (
+            error.strerror or error))
+        silence_stdout()
+        return 1
     try:
         stream.flush()
     except BrokenPipeError:
         silence_stdout()
+    except OSError:
+        pass  # a terminal that is gone has nothing left to show
     return status
 
 

@@ -55,6 +55,11 @@ def _has(command):
     (["--color", "sometimes"], "--color"),
     (["--model", "no-size-here"], "--model"),
     (["--bogus"], "unrecognized"),
+    (["--seed", " 5"], "--seed"),
+    (["--seed", "1_000"], "--seed"),
+    (["--gpus", "\u0663"], "--gpus"),
+    (["--exit-after", "1h99m"], "--exit-after"),
+    (["--exit-after", "9" * 400 + "h"], "--exit-after"),
     (["--model", "Llama-3.1-405B", "--gpus", "1", "--gpu", "a100-40g"], "does not fit"),
 ])
 def test_bad_input_is_a_one_line_usage_error(argv, needle):
@@ -233,3 +238,59 @@ def test_plain_on_a_terminal_redraws_the_progress_line_in_place():
     redraws = re.findall(r"\r\[[\d :-]+\] \[TRAIN\] Epoch", screen)
     assert len(redraws) > 20
     assert "Training complete" in screen
+
+
+@pytest.mark.parametrize("command, status, message", [
+    ("{py} {script} --list-models | true", 0, ""),
+    ("{py} {script} --list-styles | true", 0, ""),
+    ("{py} {script} --plain --instant --runs 1 >&-", 2, "standard output is closed"),
+    ("{py} {script} --plain --instant --runs 1 >/dev/full", 1, "No space left on device"),
+])
+def test_unusual_output_ends_with_one_line_at_most(command, status, message):
+    result = subprocess.run(["bash", "-c", command.format(py=sys.executable, script=SCRIPT)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=60)
+    assert result.returncode == status
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == (1 if message else 0) and message in result.stderr
+
+
+def test_text_the_output_cannot_encode_is_replaced_not_fatal():
+    result = run_cli("--plain", "--instant", "--runs", "1", "--model", "\u043c\u043e\u0434-7B",
+                     env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and result.stderr == ""
+    assert "Loading model: ???-7B" in result.stdout
+
+
+def test_nohup_keeps_it_running_through_a_hangup():
+    process = subprocess.Popen(["sh", "-c", "trap '' HUP; exec %s %s --plain --speed 5"
+                                % (sys.executable, SCRIPT)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True)
+    assert process.stdout.readline()  # running
+    process.send_signal(signal.SIGHUP)
+    assert process.stdout.readline()  # still printing after the hangup
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=10)
+    assert process.returncode == 143
+
+
+def test_ctrl_c_during_start_up_is_quiet(monkeypatch):
+    from conftest import load_llmtrain
+    lt = load_llmtrain()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(lt, "build_scenario", interrupted)
+    monkeypatch.setattr(lt, "install_signal_handlers", lambda: None)
+    monkeypatch.setattr(lt, "ignore_signals", lambda: None)
+    assert lt.main(["--plain", "--instant", "--runs", "1"]) == 130
+
+
+def test_an_empty_no_color_does_not_turn_colour_off(lt):
+    class Terminal(object):
+        def isatty(self):
+            return True
+    assert lt.wants_color("auto", Terminal(), {"TERM": "xterm", "NO_COLOR": ""})
+    assert not lt.wants_color("auto", Terminal(), {"TERM": "xterm", "NO_COLOR": "1"})

@@ -340,16 +340,27 @@ def test_hangup_ends_it_within_3_seconds(pty_run):
     assert run.exit_within(3.0) == 129
 
 
-@pytest.mark.parametrize("speed", [5, 500])
-def test_dead_terminal_without_sighup_ends_it_within_3_seconds(pty_run, speed):
+@pytest.mark.parametrize("pace", [("--speed", 5), ("--speed", 500), ("--instant",)])
+def test_dead_terminal_without_sighup_ends_it_within_3_seconds(pty_run, pace):
     # No controlling terminal, so closing the master sends no SIGHUP: reads just fail.
-    run = pty_run("--seed", 7, "--speed", speed, ctty=False)
+    # --instant never waits for keys, so it must ask the terminal whether it is still there.
+    run = pty_run("--seed", 7, *pace, ctty=False)
     run.wait_drawn()
     started = time.monotonic()
     os.close(run.master)
     run.stopping = True
     assert run.exit_within(3.0) == 129
     assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("ctty", [True, False])
+def test_plain_log_on_a_terminal_that_hangs_up_ends_quietly(pty_run, ctty):
+    run = pty_run("--plain", "--seed", 6, "--speed", 5, ctty=ctty)
+    run.wait_for(lambda out: b"Initializing" in out or b"Single-process" in out,
+                 what="first line")
+    os.close(run.master)
+    run.stopping = True
+    assert run.exit_within(3.0) == 129  # SIGHUP, or EIO on the next write: no traceback
 
 
 def test_script_on_stdin_draws_and_quits_on_q(pty_run):
