@@ -40,8 +40,9 @@ TERM is unset, empty or dumb, or curses is missing or cannot start; a TERM witho
 terminfo entry here is drawn as xterm(-256color) or vt100. In a locale that is not UTF-8,
 curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as --ascii).
 
-Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 128+signal when killed
-(130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a vanished terminal, 131 for SIGQUIT).
+Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 1 when the output cannot be
+written (a full disk); 128+signal when killed (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+or a vanished terminal, 131 for SIGQUIT). A signal ignored at start (nohup) stays ignored.
 
 llmtrain reads no hardware, opens no socket and writes no file: it only prints.
 Standard library only, Python 3.6 or newer.
