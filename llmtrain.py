@@ -422,7 +422,12 @@ class Scenario(object):
 
     @property
     def tflops_per_gpu(self):
-        return self.flops_per_token * self.cluster_tokens_per_s / self.gpus / 1e12
+        return tflops_per_gpu(self, self.cluster_tokens_per_s)
+
+    @property
+    def mfu_reached(self):
+        """Model FLOP utilisation at the throughput the run reaches."""
+        return self.tflops_per_gpu * 1e12 / self.gpu.peak_flops
 
     @property
     def cluster_name(self):
@@ -435,6 +440,11 @@ def scheduler_steps(sc, step):
     skipped (a NaN loss, an fp16 overflow), as HF and Megatron both do."""
     return step - sum(1 for event in sc.events
                       if event.kind in ("nan", "overflow") and event.step <= step)
+
+
+def tflops_per_gpu(sc, tokens_per_s):
+    """Model TFLOP/s per GPU at a cluster throughput (recompute not counted, as MFU wants)."""
+    return sc.flops_per_token * tokens_per_s / sc.gpus / 1e12
 
 
 def lr_at(sc, step):
@@ -455,7 +465,8 @@ def lr_at(sc, step):
 
 
 def lr_scale_at(sc, step):
-    """Product of the LR reductions announced at or before this step."""
+    """Product of the LR reductions announced before this step (a spike at step s halves
+    the LR from step s + 1 on)."""
     scale = 1.0
     for event in sc.events:
         if event.kind == "spike" and event.step < step:
@@ -1002,7 +1013,7 @@ def checkpoint_root(rng, sc, funny):
 
 
 def host_names(rng, sc):
-    """Node host names and the master's address, stable for the whole run."""
+    """Node host names, stable for the whole run."""
     prefix = rng.choice(["node", "gpu", "hgx", "dgx", "compute"])
     first = rng.randint(1, 40) * 8
     width = 3 if sc.nodes < 1000 else 4
@@ -1119,6 +1130,7 @@ class RunState(object):
         self.mem_gib = 0.0
         self.load = 0.0
         self.heat = 0.0
+        self.train_start = None
         self.train_end = None
         self.loss_history = []
         self.val_history = []
@@ -1131,9 +1143,14 @@ class RunState(object):
     @property
     def eta(self):
         """Seconds left in the training loop (steps, validations, checkpoints)."""
+        return self.eta_at(self.clock)
+
+    def eta_at(self, clock):
+        """The ETA as of `clock` (a renderer's live clock between two lines); None before
+        training starts."""
         if self.train_end is None:
             return None
-        return max(0.0, self.train_end - self.clock)
+        return max(0.0, self.train_end - clock)
 
     @property
     def progress(self):
@@ -1590,7 +1607,7 @@ class ClassicVoice(object):
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
             line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
                 fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
-                100.0 * sc.tflops_per_gpu * 1e12 / sc.gpu.peak_flops), tag=tag),
+                100.0 * sc.mfu_reached), tag=tag),
         ]
         return lines
 
@@ -2051,8 +2068,8 @@ class FrameworkVoice(ClassicVoice):
         return self.relog(ClassicVoice.export_lines(self, state))
 
     def training_elapsed(self, state):
-        """Seconds since the training loop began (its planned end minus its planned length)."""
-        return state.clock - (state.train_end - training_seconds(self.sc))
+        """Seconds since the training loop began."""
+        return state.clock - state.train_start
 
 
 #: transformers class names by model family (what Trainer and Lightning summaries print).
@@ -2667,7 +2684,7 @@ class MegatronVoice(FrameworkVoice):
         if state.loss is None:
             return []
         ms = 1000.0 * sc.tokens_per_step / state.tokens_per_s
-        tflops = sc.flops_per_token * state.tokens_per_s / sc.gpus / 1e12
+        tflops = tflops_per_gpu(sc, state.tokens_per_s)
         text = (" [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration "
                 "(ms): %.1f | throughput per GPU (TFLOP/s/GPU): %.1f | learning rate: %.6E | "
                 "global batch size: %5d | lm loss: %.6E | loss scale: %.1f | grad norm: %.3f | "
@@ -2881,6 +2898,7 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
     """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
     state.phase = "train"
     if seg.index == 0:
+        state.train_start = state.clock
         state.train_end = state.clock + training_seconds(sc)
     events = {}
     for event in sc.events:
@@ -2908,8 +2926,8 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
         state.step = step
         state.epoch = sc.epoch_of(step)
         state.tokens_trained += done * sc.tokens_per_step
-        if step == 1 or state.step == sc.first_step and sc.first_step == 1:
-            state.mem_gib = sc.memory_gib
+        if step - done + 1 == 1:
+            state.mem_gib = sc.memory_gib  # optimizer states appear at the first step
         # Steps logged in groups: an event on any step of the group is reported with it.
         step_events = [e for s in range(step - done + 1, step + 1) for e in events.get(s, [])]
         kinds = set(e.kind for e in step_events)
@@ -2955,7 +2973,7 @@ def event_phase(sc, state, event, rng, voice):
         free = rng.uniform(0.3, 1.6)
         drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
     elif event.kind == "nccl":
-        # The peer's ephemeral port (Linux 32768-60999); one draw, as before.
+        # The peer's ephemeral port (Linux 32768-60999), from the event's single draw.
         drawn = 32768 + rng.randint(20000, 99999) % 28232
     before, after = voice.event_lines(state, event, rank, drawn)
     for item in before:
@@ -3105,10 +3123,8 @@ def header_lines(state, width, run_clock, glyphs):
     room = width - len(row_text(title)) - len(hint)
     if room >= 2:
         title += [(" " * room, None), (hint, "dim")]
-    if state.train_end is None:
-        eta = "--:--"
-    else:
-        eta = fmt_eta(max(0.0, state.train_end - run_clock))
+    eta = state.eta_at(run_clock)
+    eta = "--:--" if eta is None else fmt_eta(eta)
     where = "Epoch %d/%d  Step %s/%s " % (
         state.epoch, sc.epochs, fmt_int(max(0, state.step)), fmt_int(sc.total_steps))
     when = " %5.1f%%  Elapsed %s  ETA %s" % (100.0 * state.progress, fmt_duration(run_clock),
@@ -3126,7 +3142,7 @@ def header_lines(state, width, run_clock, glyphs):
                 ("  grad ", "dim"), ("-" if state.grad_norm is None
                                      else "%.3f" % state.grad_norm, None),
                 ("  tok/s ", "dim"), (fmt_int(state.tokens_per_s), None),
-                ("  mem ", "dim"), ("%.1f/%.1f GiB" % (state.mem_gib, sc.gpu.capacity_gib),
+                ("  mem ", "dim"), ("%.1f/%.1f GB" % (state.mem_gib, sc.gpu.capacity_gib),
                                     None)]
     return [clip_row(title, width), clip_row(progress, width), clip_row(figures, width)]
 

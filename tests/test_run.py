@@ -253,8 +253,10 @@ def test_the_model_fits_and_memory_is_steady(seed):
     total = float(rows[0][1].group("total"))
     assert total == pytest.approx(sc.gpu.capacity_gib, abs=0.05)
     assert max(used) < total
-    # Steady after the first optimizer step, identical on every data-parallel rank.
+    # Steady after the first optimizer step, identical on every data-parallel rank, and
+    # what the plan sized: weights, gradients, optimizer states and activations.
     assert len(set(used[2:])) == 1
+    assert used[-1] == round(sc.memory_gib, 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
