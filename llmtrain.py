@@ -383,7 +383,7 @@ def pretraining_seq_len(model):
     return min(8192 if model.vocab == 128256 else 4096, model.context)
 
 
-def strategy_options(model, method, gpus):
+def strategy_options(method, gpus):
     """Sharding strategies a sensible engineer would pick for this method."""
     if method == "pretrain":
         return ["3D"]
@@ -423,6 +423,10 @@ class Scenario(object):
     @property
     def tflops_per_gpu(self):
         return tflops_per_gpu(self, self.cluster_tokens_per_s)
+
+    def epoch_of(self, step):
+        """Epoch (1-based) that optimizer step `step` belongs to."""
+        return min(self.epochs, max(1, (step - 1) // self.steps_per_epoch + 1))
 
     @property
     def mfu_reached(self):
@@ -616,7 +620,7 @@ def pick_method(rng, model, gpu, gpus, pretrain):
         layout = parallel_layout(model, method, gpu, gpus, per_node)
         if layout is None:
             continue
-        strategies = strategy_options(model, method, gpus)
+        strategies = strategy_options(method, gpus)
         first = rng.choice(strategies)
         for strategy in [first] + [s for s in strategies if s != first]:
             seq_len = 4096 if method == "pretrain" else 512
@@ -715,7 +719,7 @@ def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
             tp, pp, gpu_count // (tp * pp))
     sc = Scenario(seed=seed, gpu=gpu, gpus=gpu_count, nodes=nodes, per_node=per_node,
                   model=model, method=method, strategy=strategy, tp=tp, pp=pp,
-                  dp=gpu_count // (tp * pp), humor=humor)
+                  dp=gpu_count // (tp * pp))
     sc.precision = "fp16" if gpu.key.startswith("a100") and rng.random() < 0.25 else "bf16"
     sc.mfu = rng.uniform(*gpu.mfu)
     # The GPU's band is what tuned pretraining reaches; fine-tuning stacks reach less.
@@ -856,7 +860,7 @@ def segment_target(rng, segments):
     return rng.uniform(lo, max(lo, hi))
 
 
-def epochs_for(rng, epoch_s, wanted):
+def epochs_for(epoch_s, wanted):
     """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both)."""
     def fits(epochs):
         fixed = (sum(INIT_SECONDS) + sum(EXPORT_SECONDS)) / 2 + epochs * (
@@ -902,7 +906,7 @@ def plan_finetune(rng, sc, funny):
                           int(math.ceil(tokens / float(sc.dataset.tokens_per_example))))
     sc.packed_samples = sc.examples * sc.dataset.tokens_per_example // sc.seq_len
     sc.steps_per_epoch = max(1, sc.packed_samples // sc.global_batch)
-    sc.epochs = epochs_for(rng, sc.steps_per_epoch * sc.step_seconds, sc.epochs)
+    sc.epochs = epochs_for(sc.steps_per_epoch * sc.step_seconds, sc.epochs)
     sc.total_steps = sc.steps_per_epoch * sc.epochs
     sc.warmup_steps = int(math.ceil(0.03 * sc.total_steps))
     sc.last_step = sc.total_steps
@@ -1021,14 +1025,6 @@ def host_names(rng, sc):
     return names
 
 
-def scenario_epoch_of(sc, step):
-    """Epoch (1-based) that optimizer step `step` belongs to."""
-    return min(sc.epochs, max(1, (step - 1) // sc.steps_per_epoch + 1))
-
-
-Scenario.epoch_of = scenario_epoch_of
-
-
 def loss_at(sc, step, noise_rng):
     """Observed training loss at a step: expected curve, a spike if any, noise."""
     value = expected_loss(sc, step) + spike_boost(sc, step)
@@ -1130,6 +1126,7 @@ class RunState(object):
         self.mem_gib = 0.0
         self.load = 0.0
         self.heat = 0.0
+        self.style = "classic"
         self.train_start = None
         self.train_end = None
         self.loss_history = []
@@ -1306,7 +1303,7 @@ def gpu_reading(sc, state, index):
         int(round(min(sc.gpu.power_cap, power)))
 
 
-def gpu_grid_lines(sc, state, glyphs):
+def gpu_grid_lines(sc, state):
     """Util and temperature per GPU, 8 to a line; per node range when there are many."""
     lines = []
     if sc.nodes <= 8:
@@ -1656,7 +1653,7 @@ class ClassicVoice(object):
             name, coll.op, coll.size_mb, coll.ms, coll.alg_gbs, coll.bus_gbs), "info", name)]
 
     def grid_lines(self, state, glyphs):
-        return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state, glyphs)]
+        return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state)]
 
     def event_lines(self, state, event, rank, drawn):
         """(lines before the event's stall, lines after it). `drawn` is the event's own draw:
@@ -2873,7 +2870,7 @@ def make_voice(style, sc, glyphs):
 # Phases: generators yielding (line, delay); values are drawn here, voices only format them
 # ==========================================================================================
 
-def init_phase(sc, state, rng, voice):
+def init_phase(sc, state, voice):
     """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
     # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
     state.loss_scale = start_loss_scale(sc, 65536)
@@ -3034,7 +3031,7 @@ def checkpoint_phase(sc, state, seg, rng, voice):
     yield None, seg.gap_s
 
 
-def export_phase(sc, state, rng, voice):
+def export_phase(sc, state, voice):
     """SafeTensors conversion with progress and real shard names; the final model path."""
     state.phase = "export"
     lines = voice.export_lines(state)
@@ -3053,7 +3050,7 @@ def run_phases(sc, state, glyphs, style="classic"):
     state.style = voice.name
 
     def phases():
-        for item in init_phase(sc, state, rng, voice):
+        for item in init_phase(sc, state, voice):
             yield item
         for seg in sc.segments:
             for item in train_phase(sc, state, seg, rng, voice, glyphs):
@@ -3062,7 +3059,7 @@ def run_phases(sc, state, glyphs, style="classic"):
                 yield item
             for item in checkpoint_phase(sc, state, seg, rng, voice):
                 yield item
-        for item in export_phase(sc, state, rng, voice):
+        for item in export_phase(sc, state, voice):
             yield item
         state.phase = "done"
         for item in voice.summary_lines(state, glyphs):
