@@ -79,6 +79,8 @@ CHECKPOINT_SECONDS = (3.0, 5.0)
 EXPORT_SECONDS = (5.0, 10.0)
 PHASE_GAP_SECONDS = (0.4, 1.5)
 RUN_SECONDS = (135.0, 220.0)
+#: Whole epochs come in whole steps; a run still short of this gets longer fixed phases.
+SHORTEST_RUN_SECONDS = 123.0
 #: Display updates come every 0.3-1 s; steps shorter than this are logged in groups.
 UPDATE_SECONDS = (0.3, 1.0)
 #: How often the GPU grid and the NCCL timing lines appear, in seconds of training.
@@ -107,6 +109,7 @@ MEMORY_HEADROOM = 0.93
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_OUTPUT_ERROR = 1
 EXIT_SIGNAL_BASE = 128
 
 #: Below this size the dashboard shows a one-line "too small" notice instead of its regions.
@@ -578,11 +581,11 @@ def plan_timeline(rng, sc):
     sc.export_s = rng.uniform(*EXPORT_SECONDS)
     sc.start_gap_s = rng.uniform(*PHASE_GAP_SECONDS)
     # Whole epochs come in whole steps: lengthen the fixed phases if the run fell short.
-    short = 2 * 60.0 + 3 - run_seconds(sc)
+    short = SHORTEST_RUN_SECONDS - run_seconds(sc)
     if short > 0:
         sc.init_s = min(INIT_SECONDS[1], sc.init_s + short / 3)
         sc.export_s = min(EXPORT_SECONDS[1], sc.export_s + short / 3)
-        share = (2 * 60.0 + 3 - run_seconds(sc)) / len(sc.segments)
+        share = (SHORTEST_RUN_SECONDS - run_seconds(sc)) / len(sc.segments)
         sc.segments = [seg._replace(validation_s=min(VALIDATION_SECONDS[1],
                                                      seg.validation_s + share))
                        for seg in sc.segments]
@@ -3381,6 +3384,9 @@ class PlainRenderer(object):
                 self.stream.write(self.live)
         self.stream.flush()
 
+    def start_run(self, state):
+        pass  # a log needs no layout
+
     def end_run(self, state):
         if self.live:
             self.stream.write("\r" + " " * len(self.live) + "\r")
@@ -3879,8 +3885,7 @@ def run_many(args, renderer, pacer, first_seed):
             continue
         state = RunState(sc)
         pacer.start_run()
-        if hasattr(renderer, "start_run"):
-            renderer.start_run(state)
+        renderer.start_run(state)
         drive(run_phases(sc, state, glyphs, args.style), state, renderer, pacer)
         renderer.end_run(state)
         index += 1
@@ -4138,7 +4143,7 @@ def main(argv=None):
         sys.stderr.write("llmtrain: error: cannot write the output: %s\n" % (
             error.strerror or error))
         silence_stdout()
-        return 1
+        return EXIT_OUTPUT_ERROR
     try:
         stream.flush()
     except BrokenPipeError:

@@ -87,13 +87,28 @@ class PtyRun(object):
             if predicate(self.output()):
                 return
             if self.proc.poll() is not None and not predicate(self.output()):
-                time.sleep(0.05)  # let the reader drain what the program wrote last
+                self.drain()  # take what the program wrote last before judging
                 if predicate(self.output()):
                     return
                 break
             time.sleep(0.02)
         raise AssertionError("%s not met; rc=%s, output tail: %r" % (
             what, self.proc.poll(), self.output()[-600:]))
+
+    def drain(self):
+        """Once the program has exited: stop the reader, then take what is still buffered
+        (the slave stays open here, so the master never reads EOF: read until empty)."""
+        self.stopping = True
+        self.reader.join()
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self.lock:
+                self.out += data
 
     def wait_drawn(self, alternate_screen=True):
         self.wait_for(lambda out: (ENTER_ALT in out or not alternate_screen)

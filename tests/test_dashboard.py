@@ -273,7 +273,7 @@ def assert_restored(run, alternate_screen=True):
                      timeout=3, what="alternate screen left")
     else:
         run.wait_for(lambda out: run.proc.poll() is not None, timeout=3, what="exit")
-        time.sleep(0.1)  # the reader drains what the program wrote last
+        run.drain()
     out = run.output()
     after = termios.tcgetattr(run.slave)
     assert after == run.modes
