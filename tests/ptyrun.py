@@ -62,20 +62,24 @@ class PtyRun(object):
     def read_all(self):
         while not self.stopping:
             ready, _, _ = select.select([self.master], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
+            if ready and not self.take():
                 return
-            if not data:
-                return
-            now = time.monotonic()
-            with self.lock:
-                self.out += data
-                for pattern, seen in self.first_seen.items():
-                    if seen is None and pattern in self.out:
-                        self.first_seen[pattern] = now - self.started
+
+    def take(self):
+        """Read one chunk the program wrote; False once the terminal is closed."""
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:
+            return False
+        if not data:
+            return False
+        now = time.monotonic()
+        with self.lock:
+            self.out += data
+            for pattern, seen in self.first_seen.items():
+                if seen is None and pattern in self.out:
+                    self.first_seen[pattern] = now - self.started
+        return True
 
     def output(self):
         with self.lock:
@@ -100,15 +104,8 @@ class PtyRun(object):
         (the slave stays open here, so the master never reads EOF: read until empty)."""
         self.stopping = True
         self.reader.join()
-        while select.select([self.master], [], [], 0)[0]:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            with self.lock:
-                self.out += data
+        while select.select([self.master], [], [], 0)[0] and self.take():
+            pass
 
     def wait_drawn(self, alternate_screen=True):
         self.wait_for(lambda out: (ENTER_ALT in out or not alternate_screen)
