@@ -2445,6 +2445,19 @@ class DeepSpeedVoice(FrameworkVoice):
         level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
         return self.ds("%s:212:main" % self.script, text, kind, level)
 
+    def scheduler(self):
+        """DeepSpeed's scheduler for the run's schedule, its warmup linear as announced (the
+        default warmup_type is "log"), decaying to the run's floor."""
+        sc = self.sc
+        if sc.schedule == "cosine":
+            return "WarmupCosineLR", {"total_num_steps": sc.total_steps,
+                                      "warmup_num_steps": sc.warmup_steps,
+                                      "warmup_type": "linear", "warmup_min_ratio": 0.0,
+                                      "cos_min_ratio": sc.min_lr / sc.peak_lr}
+        return "WarmupDecayLR", {"total_num_steps": sc.total_steps,
+                                 "warmup_num_steps": sc.warmup_steps, "warmup_type": "linear",
+                                 "warmup_min_lr": 0.0, "warmup_max_lr": sc.peak_lr}
+
     def config(self):
         sc = self.sc
         return {"bf16": {"enabled": sc.precision == "bf16"},
@@ -2454,9 +2467,7 @@ class DeepSpeedVoice(FrameworkVoice):
                 "optimizer": {"type": "AdamW", "params": {"lr": sc.peak_lr,
                                                           "betas": [0.9, 0.95],
                                                           "weight_decay": 0.1}},
-                "scheduler": {"type": "WarmupCosineLR",
-                              "params": {"total_num_steps": sc.total_steps,
-                                         "warmup_num_steps": sc.warmup_steps}},
+                "scheduler": {"type": self.scheduler()[0], "params": self.scheduler()[1]},
                 "steps_per_print": sc.log_every, "train_batch_size": sc.global_batch,
                 "train_micro_batch_size_per_gpu": sc.micro_batch,
                 "wall_clock_breakdown": False,
@@ -2496,9 +2507,9 @@ class DeepSpeedVoice(FrameworkVoice):
         lines += [
             self.dist("DeepSpeed Final Optimizer = %s" % (
                 "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer")),
-            self.dist("DeepSpeed using configured LR scheduler = WarmupCosineLR"),
-            self.dist("DeepSpeed LR Scheduler = <deepspeed.runtime.lr_schedules.WarmupCosineLR "
-                      "object at 0x7f%010x>" % (self.comm % 0xffffffff0 + 0x10)),
+            self.dist("DeepSpeed using configured LR scheduler = %s" % self.scheduler()[0]),
+            self.dist("DeepSpeed LR Scheduler = <deepspeed.runtime.lr_schedules.%s object at "
+                      "0x7f%010x>" % (self.scheduler()[0], self.comm % 0xffffffff0 + 0x10)),
             self.ds("config.py:1001:print", "DeepSpeedEngine configuration:")]
         dump = {"activation_checkpointing_config": '{"partition_activations": false, '
                                                    '"contiguous_memory_optimization": false}',
@@ -2507,7 +2518,7 @@ class DeepSpeedVoice(FrameworkVoice):
                 "global_rank": 0, "gradient_accumulation_steps": sc.grad_accum,
                 "gradient_clipping": 1.0, "initial_dynamic_scale": 65536
                 if sc.precision == "fp16" else 1, "optimizer_name": "adamw",
-                "scheduler_name": "WarmupCosineLR", "steps_per_print": sc.log_every,
+                "scheduler_name": self.scheduler()[0], "steps_per_print": sc.log_every,
                 "train_batch_size": sc.global_batch,
                 "train_micro_batch_size_per_gpu": sc.micro_batch,
                 "wall_clock_breakdown": False, "world_size": sc.dp, "zero_enabled": True,

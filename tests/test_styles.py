@@ -6,6 +6,7 @@ checked against the run's scenario.
 """
 
 import ast
+import json
 import math
 import re
 import struct
@@ -799,3 +800,27 @@ def test_a_resumed_fp16_run_shows_a_settled_loss_scale_in_every_voice(lt):
             r"reducing loss scale to (\d+\.\d)$", t) for t in out) if m]
         assert reduced == [start / 2 ** (i + 1) for i in range(len(reduced))]
     assert len(settled) >= 2, "the settled scale comes from the scenario's seed"
+
+
+def test_deepspeed_config_declares_the_schedule_the_run_follows(lt):
+    """WarmupCosineLR warms up logarithmically unless told otherwise, and decays to 1e-4 of
+    the peak by default: the config must say what the printed LR does."""
+    kinds = set()
+    for sc, state, lines in runs(lt, "deepspeed"):
+        out = texts(lines)
+        start = next(i for i, t in enumerate(out) if t.endswith("json = {"))
+        end = next(i for i in range(start, len(out)) if out[i] == "}")
+        config = json.loads("{" + "\n".join(out[start + 1:end + 1]))
+        scheduler = config["scheduler"]
+        params = scheduler["params"]
+        assert params["warmup_type"] == "linear"
+        assert params["warmup_num_steps"] == sc.warmup_steps
+        assert params["total_num_steps"] == sc.total_steps
+        if sc.schedule == "cosine":
+            assert scheduler["type"] == "WarmupCosineLR"
+            assert params["cos_min_ratio"] == pytest.approx(sc.min_lr / sc.peak_lr)
+        else:
+            assert scheduler["type"] == "WarmupDecayLR"
+            assert params["warmup_max_lr"] == sc.peak_lr and params["warmup_min_lr"] == 0
+        kinds.add(scheduler["type"])
+    assert kinds == {"WarmupCosineLR", "WarmupDecayLR"}
