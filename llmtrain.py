@@ -78,6 +78,7 @@ VALIDATION_SECONDS = (5.0, 10.0)
 CHECKPOINT_SECONDS = (3.0, 5.0)
 EXPORT_SECONDS = (5.0, 10.0)
 PHASE_GAP_SECONDS = (0.4, 1.5)
+FIRST_STEP_EXTRA_SECONDS = (2.0, 4.0)
 RUN_SECONDS = (135.0, 220.0)
 #: Whole epochs come in whole steps; a run still short of this gets longer fixed phases.
 SHORTEST_RUN_SECONDS = 123.0
@@ -548,21 +549,24 @@ Segment = collections.namedtuple(
     "Segment", "index epoch first_step last_step updates validation_s checkpoint_s gap_s")
 
 
-def segment_updates(sc, first, last):
-    """Display updates for steps first..last as (step, micro, seconds): 0.3-1 s apart."""
+def segment_updates(sc, first, last, warmup_s=0.0):
+    """Display updates for steps first..last as (step, micro, seconds): 0.3-1 s apart; the
+    first one also carries warmup_s, the slow first iteration of a (re)started job."""
     updates = []
     if sc.micro_updates > 1:
         for step in range(first, last + 1):
             for micro in range(1, sc.micro_updates + 1):
                 updates.append((step, micro, sc.step_seconds / sc.micro_updates))
-        return updates
-    step = first - 1
-    while step < last:
-        nxt = min(last, step + sc.log_every)
-        if last - nxt < sc.log_every:
-            nxt = last  # a short remainder joins the final update rather than stand alone
-        updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
-        step = nxt
+    else:
+        step = first - 1
+        while step < last:
+            nxt = min(last, step + sc.log_every)
+            if last - nxt < sc.log_every:
+                nxt = last  # a short remainder joins the final update rather than stand alone
+            updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
+            step = nxt
+    step, micro, seconds = updates[0]
+    updates[0] = (step, micro, seconds + warmup_s)
     return updates
 
 
@@ -570,11 +574,14 @@ def plan_timeline(rng, sc):
     """Durations of every phase, fixed up front so the ETA can be exact."""
     sc.init_s = rng.uniform(*INIT_SECONDS)
     sc.segments = []
+    # torch.compile, CUDA graphs and NCCL's first collectives make the first step slow.
+    sc.first_step_extra_s = rng.uniform(*FIRST_STEP_EXTRA_SECONDS)
     for index in range(sc.segment_count):
         first = sc.first_step + index * sc.eval_every
         last = min(sc.last_step, first + sc.eval_every - 1)
         sc.segments.append(Segment(index, sc.epoch_of(last), first, last,
-                                   segment_updates(sc, first, last),
+                                   segment_updates(sc, first, last,
+                                                   sc.first_step_extra_s if index == 0 else 0),
                                    rng.uniform(*VALIDATION_SECONDS),
                                    rng.uniform(*CHECKPOINT_SECONDS),
                                    rng.uniform(*PHASE_GAP_SECONDS)))
@@ -2955,7 +2962,11 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
             # fp16 overflow: the loss is fine, the scaled gradients are not.
             state.grad_norm = float("nan") if "nan" in kinds else float("inf")
         state.lr = lr_at(sc, step)
-        state.tokens_per_s = sc.cluster_tokens_per_s * rng.uniform(0.992, 1.008)
+        # Throughput of this update's steps; the session's first step carries the warm-up.
+        extra = sc.first_step_extra_s if state.tokens_trained == done * sc.tokens_per_step \
+            else 0.0
+        state.tokens_per_s = done * sc.tokens_per_step / (done * sc.step_seconds + extra) * \
+            rng.uniform(0.992, 1.008)
         for item in voice.update_lines(state, glyphs, done, step_events):
             yield item, 0.0
         for event in step_events:

@@ -116,7 +116,8 @@ def test_run_length_and_phase_pacing(seed):
         assert 5 <= seg.validation_s <= 10
         assert 3 <= seg.checkpoint_s <= 5
         training = sum(update[2] for update in seg.updates)
-        assert 30 * 0.9 <= training <= 60 * 1.1
+        warmup = sc.first_step_extra_s if seg.index == 0 else 0.0  # the slow first step
+        assert 30 * 0.9 <= training - warmup <= 60 * 1.1
     ready = [clock for clock, item in lines if item.text == "Ready to train!"]
     assert len(ready) == 1 and 5 <= ready[0] <= 10
 
@@ -226,6 +227,13 @@ def test_throughput_batch_and_step_time_add_up(seed):
     assert global_batch == per_gpu * accum * sc.dp
     assert tokens_per_step == global_batch * seq_len
     rows = [(clock, m) for clock, m in progress(lines) if not m.group("micro")]
+    # The first step of a (re)started job is slow (compile, NCCL warm-up), then steady.
+    first_logged = sc.segments[0].updates[0][0]
+    first = rows[0][1]
+    if (int(first.group("epoch")) - 1) * sc.steps_per_epoch + int(first.group("step")) == \
+            first_logged:
+        assert number(first.group("tps")) < 0.97 * sc.cluster_tokens_per_s
+        rows = rows[1:]
     for clock, match in rows:
         tps = number(match.group("tps"))
         sps = number(match.group("sps"))
@@ -516,7 +524,7 @@ OOM = re.compile(r"Tried to allocate ([\d.]+) GiB\. GPU (\d) has a total capacit
 
 def test_an_oom_only_happens_where_memory_is_tight_and_its_numbers_add_up():
     checked = 0
-    for seed in range(300):
+    for seed in range(600):
         sc = lt.build_scenario(seed)
         if not any(event.kind == "oom" for event in sc.events):
             continue

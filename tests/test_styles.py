@@ -234,7 +234,10 @@ def test_hf_bar_and_dicts_round_as_hf_does_and_agree_with_the_scenario(lt):
                 per_s = rate if bar.group(8) == "it/s" else 1.0 / rate
                 if bar.group(8) == "s/it":
                     assert rate >= 1.0
-                assert close(per_s, 1.0 / sc.step_seconds, 0.03)
+                if n == sc.segments[0].updates[0][0]:  # a (re)started job's slow first step
+                    assert per_s < 1.0 / sc.step_seconds
+                else:
+                    assert close(per_s, 1.0 / sc.step_seconds, 0.03)
                 step = n
             elif text.startswith("{'loss'"):
                 # A NaN batch in the window shows as nan, as HF prints it.
@@ -276,8 +279,10 @@ def test_hf_eval_and_end_of_training_metrics_add_up(lt):
                                "train_steps_per_second", "train_loss", "epoch"]
         ratio = final["train_samples_per_second"] / final["train_steps_per_second"]
         assert close(ratio, sc.global_batch, 0.02)
-        assert close(final["train_steps_per_second"] * final["train_runtime"],
-                     sc.session_steps, 0.01)
+        # Rates are rounded to 3 decimals: allow that on top of 1%.
+        assert abs(final["train_steps_per_second"] * final["train_runtime"]
+                   - sc.session_steps) <= 0.0005 * final["train_runtime"] + \
+            0.01 * sc.session_steps
         assert close(final["train_loss"], sum(state.loss_history) / len(state.loss_history),
                      1e-9)
 
@@ -412,7 +417,11 @@ def test_deepspeed_prefix_config_steps_and_checkpoints(lt):
             assert step.group(3) == "%r, %r" % (lt.lr_at(sc, number), lt.lr_at(sc, number))
             assert int(timer.group(3)) == number
             assert int(timer.group(2)) == number * sc.grad_accum
-            assert close(float(timer.group(5)), sc.global_batch / sc.step_seconds, 0.01)
+            steady = sc.global_batch / sc.step_seconds
+            if number == sc.segments[0].updates[0][0]:  # a (re)started job's slow first step
+                assert float(timer.group(5)) < steady
+            else:
+                assert close(float(timer.group(5)), steady, 0.01)
             assert float(timer.group(6)) <= float(timer.group(7)) < sc.gpu.capacity_gib
         tags = [re.search(r"Checkpoint (global_step\d+) is ready now!$", m.group(5))
                 for m in logged]
@@ -469,8 +478,13 @@ def test_megatron_iteration_lines_agree_with_the_scenario(lt):
             assert int(m.group(2)) == sc.total_steps
             assert int(m.group(3)) == iteration * sc.global_batch
             assert int(m.group(7)) == sc.global_batch
-            assert close(float(m.group(5)), sc.tflops_per_gpu, 0.015)
-            assert close(float(m.group(4)), sc.step_seconds * 1000, 0.015)
+            if iteration == sc.segments[0].updates[0][0]:
+                # The first iteration after a (re)start is slow (realism.md A5): warm-up.
+                assert float(m.group(4)) > sc.step_seconds * 1000
+                assert float(m.group(5)) < sc.tflops_per_gpu
+            else:
+                assert close(float(m.group(5)), sc.tflops_per_gpu, 0.015)
+                assert close(float(m.group(4)), sc.step_seconds * 1000, 0.015)
             assert m.group(6) == "%.6E" % lt.lr_at(sc, iteration)
             if sc.precision == "bf16":
                 assert m.group(9) == "1.0"
@@ -525,7 +539,10 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
             # An fp16 overflow step: the loss is known, the gradient norm is inf.
             assert re.match(r"^ *(\d+\.\d{4}|inf)$", m.group(3))
             tps = int(m.group(6).replace(",", ""))
-            assert close(tps, sc.cluster_tokens_per_s / float(sc.gpus), 0.01)
+            if int(m.group(1)) == sc.segments[0].updates[0][0]:  # warm-up (realism.md A6)
+                assert tps < sc.cluster_tokens_per_s / float(sc.gpus)
+            else:
+                assert close(tps, sc.cluster_tokens_per_s / float(sc.gpus), 0.01)
             mfu = 100.0 * sc.flops_per_token * tps / sc.gpu.peak_flops
             assert abs(float(m.group(8)) - mfu) <= 0.006
             assert abs(float(m.group(7).replace(",", "")) - sc.flops_per_token * tps / 1e12) \
