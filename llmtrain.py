@@ -3149,8 +3149,10 @@ def header_lines(state, width, run_clock, glyphs):
     eta = "--:--" if eta is None else fmt_eta(eta)
     where = "Epoch %d/%d  Step %s/%s " % (
         state.epoch, sc.epochs, fmt_int(max(0, state.step)), fmt_int(sc.total_steps))
-    when = " %5.1f%%  Elapsed %s  ETA %s" % (100.0 * state.progress, fmt_duration(run_clock),
-                                             eta)
+    # A resumed job's bar is this session's share; its step count is the whole job's.
+    session = " of session" if sc.first_step > 1 else ""
+    when = " %5.1f%%%s  Elapsed %s  ETA %s" % (100.0 * state.progress, session,
+                                               fmt_duration(run_clock), eta)
     bar_width = width - len(where) - len(when) - 2
     progress = [(where, None)]
     if bar_width >= 5:
