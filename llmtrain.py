@@ -1728,8 +1728,9 @@ class ClassicVoice(object):
                 fmt_int(val.samples), val.batches, "" if val.batches == 1 else "es",
                 sc.micro_batch * sc.dp)
         else:
-            header = "Running validation: %s samples (%d eval iterations of %s)" % (
-                fmt_int(val.samples), val.iters, fmt_int(sc.global_batch))
+            header = "Running validation: %s samples (%d eval iteration%s of %s)" % (
+                fmt_int(val.samples), val.iters, "" if val.iters == 1 else "s",
+                fmt_int(sc.global_batch))
         lines = [line(header, "phase", tag)]
         for quarter in (1, 2, 3, 4):
             lines.append(line("Validation %3d%% (%s/%s samples)" % (
@@ -3401,6 +3402,10 @@ class PlainRenderer(object):
             self.stream.write("\r" + shown + " " * max(0, len(self.live) - len(shown)))
             self.live = shown
         else:
+            if self.live and item.kind == "phase":
+                # A new phase: the bar stays as the last word of the one that ended.
+                self.stream.write("\n")
+                self.live = ""
             if self.live:
                 self.stream.write("\r" + " " * len(self.live) + "\r")
             self.stream.write(text + "\n")
@@ -3531,6 +3536,10 @@ class DashboardRenderer(object):
             if item.kind == "progress":
                 self.live = segments
             else:
+                if self.live and item.kind == "phase":
+                    # A new phase: the bar stays in the log as the last word of the one ended.
+                    self.log.append(self.live)
+                    self.live = None
                 self.log.append(segments)
             self.log_dirty = True
         now = time.monotonic()

@@ -237,6 +237,8 @@ def test_plain_on_a_terminal_redraws_the_progress_line_in_place():
     assert "Traceback" not in screen
     redraws = re.findall(r"\r\[[\d :-]+\] \[TRAIN\] Epoch", screen)
     assert len(redraws) > 20
+    # When validation starts, the epoch's last bar stays on screen as a line of its own.
+    assert re.search(r"\] 100\.0%[^\r\n]*\r?\n[^\r\n]*Running validation", screen)
     assert "Training complete" in screen
 
 
