@@ -54,6 +54,7 @@ def _has(command):
     (["--humor", "lots"], "--humor"),
     (["--color", "sometimes"], "--color"),
     (["--model", "no-size-here"], "--model"),
+    (["--model", "acme-13M"], "50M to 2000B"),
     (["--bogus"], "unrecognized"),
     (["--seed", " 5"], "--seed"),
     (["--seed", "1_000"], "--seed"),
@@ -134,7 +135,7 @@ def test_signals_end_quietly_with_128_plus_signal(signum, status):
     first = process.stdout.readline()  # it is running once it has printed
     assert "Initializing" in first
     process.send_signal(signum)
-    out, err = process.communicate(timeout=10)
+    out, err = process.communicate(timeout=30)
     assert process.returncode == status
     assert "Traceback" not in err and err == ""
 

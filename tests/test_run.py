@@ -581,3 +581,35 @@ def test_pretraining_saves_on_whole_intervals():
         assert sc.segments[-1].last_step == sc.total_steps
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("options", [{"model_name": "Llama-3.1-405B"}, {"gpus": 4096},
+                                     {"model_name": "acme-1000B"}, {"gpus": 256},
+                                     {"model_name": "acme-125M"}, {"gpus": 1}])
+def test_open_choices_are_drawn_into_a_two_to_four_minute_run(options):
+    for seed in range(25):
+        sc = lt.build_scenario(seed, **options)
+        assert 120 <= lt.run_seconds(sc) <= 240
+        assert min(sum(u[2] for u in seg.updates) for seg in sc.segments) >= 27
+
+
+def test_no_run_is_longer_than_five_minutes_whatever_is_asked():
+    for seed in range(10):
+        try:
+            sc = lt.build_scenario(seed, model_name="acme-1900B", gpus=512, gpu_key="a100-40g")
+        except lt.ScenarioError as error:
+            assert "too long to show" in str(error) or "fit" in str(error)
+            continue
+        assert lt.run_seconds(sc) <= 300
+
+
+def test_data_parallel_strategies_issue_their_own_collectives():
+    for seed in range(150):
+        sc = lt.build_scenario(seed)
+        ops = set(lt.collective_ops(sc))
+        if sc.strategy in ("DDP", "single GPU"):
+            assert ops == {"AllReduce"}
+        elif sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+            assert "AllReduce" not in ops
+    assert lt.cluster_shape(3) == (1, 3) and lt.cluster_shape(7) == (1, 7)
+    assert lt.cluster_shape(12) == (3, 4) and lt.cluster_shape(64) == (8, 8)
