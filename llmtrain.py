@@ -712,8 +712,9 @@ def update_seconds(sc):
     return sc.step_seconds * sc.log_every
 
 
-def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
-    """One draw of GPU, cluster, model, method, data and schedule; may be impossible."""
+def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor, pretrain=None):
+    """One draw of GPU, cluster, model, method, data and schedule; may be impossible.
+    pretrain=True asks for a pretraining job of the given model and cluster."""
     def funny(probability):
         return humor == "max" or (humor == "some" and rng.random() < probability)
 
@@ -728,7 +729,7 @@ def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
         model = rng.choice(MODELS)
     if gpus:
         gpu_count = gpus
-        pretrain = gpus >= 256
+        pretrain = pretrain or gpus >= 256
     else:
         # The largest models only train honestly at scale: the tail of a pretraining job.
         pretrain = model.params > 100e9 or rng.random() < 0.2
@@ -764,6 +765,11 @@ def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor):
         plan_pretraining(rng, sc)
     else:
         plan_finetune(rng, sc, funny)
+        if sc.eval_every * sc.step_seconds < SEGMENT_SECONDS[0] * 0.9 and \
+                model.params < 3e9:
+            # A small model on this cluster finishes any instruction set in seconds: what
+            # such a cluster runs for minutes is a pretraining speedrun.
+            return draw_scenario(rng, seed, model.name, gpu_count, gpu.key, humor, True)
     sc.session_steps = sc.last_step - sc.first_step + 1
     sc.checkpoint_root = checkpoint_root(rng, sc, funny)
     sc.events = plan_events(rng, sc)

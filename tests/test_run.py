@@ -613,3 +613,12 @@ def test_data_parallel_strategies_issue_their_own_collectives():
             assert "AllReduce" not in ops
     assert lt.cluster_shape(3) == (1, 3) and lt.cluster_shape(7) == (1, 7)
     assert lt.cluster_shape(12) == (3, 4) and lt.cluster_shape(64) == (8, 8)
+
+
+def test_a_small_model_on_a_big_cluster_runs_a_pretraining_speedrun_not_a_blink():
+    """Fixing model, GPU count and type leaves nothing to redraw: a 125M model on 64 H100s
+    finishes any instruction set in seconds, so the honest show is a pretraining job."""
+    for seed in range(10):
+        sc = lt.build_scenario(seed, model_name="acme-125M", gpus=64, gpu_key="h100")
+        assert sc.method == "pretrain" and sc.first_step == 1
+        assert 120 <= lt.run_seconds(sc) <= 240
