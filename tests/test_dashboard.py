@@ -562,8 +562,13 @@ class Tmux(object):
         raise AssertionError("%s not shown:\n%s" % (what, "\n".join(self.screen())))
 
     def close(self):
+        socket = subprocess.run(["tmux", "-L", self.server, "display-message", "-p",
+                                 "#{socket_path}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True).stdout.strip()
         subprocess.run(["tmux", "-L", self.server, "kill-server"], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
+        if socket and os.path.exists(socket):
+            os.remove(socket)  # tmux leaves its socket file behind; leave nothing
 
 
 @pytest.fixture
