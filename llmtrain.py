@@ -641,7 +641,7 @@ def pick_method(rng, model, gpu, gpus, pretrain):
         strategies = strategy_options(method, gpus)
         first = rng.choice(strategies)
         for strategy in [first] + [s for s in strategies if s != first]:
-            seq_len = 4096 if method == "pretrain" else 512
+            seq_len = pretraining_seq_len(model) if method == "pretrain" else 512
             if best_micro_batch(model, method, strategy, gpu, gpus, layout[0], layout[1],
                                 seq_len):
                 return method, strategy, layout
@@ -792,7 +792,8 @@ def pretraining_batch_tokens(model):
 
 def pretraining_gpus(model, gpu):
     """Smallest power-of-two cluster (64 or more) that fits the job with steps of <= 8 s."""
-    per_gpu = 0.4 * gpu.peak_flops / flops_per_token(model, 4096, "pretrain")
+    per_gpu = 0.4 * gpu.peak_flops / flops_per_token(model, pretraining_seq_len(model),
+                                                     "pretrain")
     gpus = 64
     while gpus < MAX_GPUS and (
             parallel_layout(model, "pretrain", gpu, gpus, 8) is None or
@@ -826,7 +827,7 @@ def collective_bytes(sc):
         # Distributed optimizer: reduce-scatter the gradients, all-gather the parameters.
         return 0.0, 4.0 * n / (sc.tp * sc.pp) * (sc.dp - 1.0) / sc.dp
     if sc.method in ("lora", "qlora"):
-        adapters = 2.0 * lora_params(sc.model, LORA_RANK[sc.method])
+        adapters = 2.0 * trainable_params(sc)
         base = (2.0 if sc.method == "lora" else 0.56) * n
         # FSDP gathers the frozen base for forward and backward of every micro-batch.
         per_micro = 2 * base * ring if sc.strategy.startswith("FSDP") else 0.0
@@ -898,10 +899,16 @@ def set_batch(sc, target_step_s, min_accum=1, max_global=None):
         sc.micro_updates = min(sc.grad_accum, int(math.ceil(sc.step_seconds / 0.8)))
 
 
+def fixed_phase_seconds(segments):
+    """Expected seconds of everything but training: init and export, and after each segment
+    its validation, checkpoint and the gap that follows."""
+    return (sum(INIT_SECONDS) + sum(EXPORT_SECONDS)) / 2 + segments * (
+        (sum(VALIDATION_SECONDS) + sum(CHECKPOINT_SECONDS) + sum(PHASE_GAP_SECONDS)) / 2)
+
+
 def segment_target(rng, segments):
     """Seconds of training per segment so that the whole run lands inside RUN_SECONDS."""
-    fixed = (sum(INIT_SECONDS) + sum(EXPORT_SECONDS)) / 2 + segments * (
-        (sum(VALIDATION_SECONDS) + sum(CHECKPOINT_SECONDS) + sum(PHASE_GAP_SECONDS)) / 2)
+    fixed = fixed_phase_seconds(segments)
     lo = max(SEGMENT_SECONDS[0], (RUN_SECONDS[0] - fixed) / segments)
     hi = min(SEGMENT_SECONDS[1], (RUN_SECONDS[1] - fixed) / segments)
     return rng.uniform(lo, max(lo, hi))
@@ -910,9 +917,8 @@ def segment_target(rng, segments):
 def epochs_for(epoch_s, wanted):
     """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both)."""
     def fits(epochs):
-        fixed = (sum(INIT_SECONDS) + sum(EXPORT_SECONDS)) / 2 + epochs * (
-            (sum(VALIDATION_SECONDS) + sum(CHECKPOINT_SECONDS) + sum(PHASE_GAP_SECONDS)) / 2)
-        return RUN_SECONDS[0] <= fixed + epochs * epoch_s <= RUN_SECONDS[1]
+        return RUN_SECONDS[0] <= fixed_phase_seconds(epochs) + epochs * epoch_s <= \
+            RUN_SECONDS[1]
     if fits(wanted):
         return wanted
     return 3 if fits(3) or epoch_s < 45 else 2
@@ -1117,26 +1123,34 @@ def validation_size(sc):
     return iters * sc.global_batch, iters, iters
 
 
-def checkpoint_bytes(sc):
-    """(model bytes, optimizer bytes) of one resumable checkpoint."""
+def trainable_params(sc):
+    """Parameters the optimizer updates: the adapters for LoRA/QLoRA, else all of them."""
     if sc.method in ("lora", "qlora"):
-        adapters = lora_params(sc.model, LORA_RANK[sc.method])
-        return 2 * adapters, 12 * adapters
-    return 2 * sc.model.params, 12 * sc.model.params
+        return lora_params(sc.model, LORA_RANK[sc.method])
+    return sc.model.params
+
+
+def checkpoint_bytes(sc):
+    """(model bytes, optimizer bytes) of one resumable checkpoint: bf16 weights of what
+    trains, fp32 master weights and Adam's m and v."""
+    return 2 * trainable_params(sc), 12 * trainable_params(sc)
 
 
 def export_bytes(sc):
     """Bytes of the exported weights: bf16 model, or just the adapters for LoRA/QLoRA."""
-    if sc.method in ("lora", "qlora"):
-        return 2 * lora_params(sc.model, LORA_RANK[sc.method])
-    return 2 * sc.model.params
+    return 2 * trainable_params(sc)
+
+
+def safetensors_shards(nbytes):
+    """How many files save_pretrained splits nbytes into at its 5 GB shard size."""
+    return int(math.ceil(nbytes / SAFETENSORS_SHARD_BYTES))
 
 
 def export_files(sc):
     """File names of the export, as transformers/PEFT name them."""
     if sc.method in ("lora", "qlora"):
         return ["adapter_model.safetensors"]
-    shards = int(math.ceil(export_bytes(sc) / SAFETENSORS_SHARD_BYTES))
+    shards = safetensors_shards(export_bytes(sc))
     if shards == 1:
         return ["model.safetensors"]
     return ["model-%05d-of-%05d.safetensors" % (i, shards) for i in range(1, shards + 1)]
@@ -1182,8 +1196,10 @@ class RunState(object):
         self.tokens_trained = 0
         self.checkpoints = 0
         self.skipped = 0
-        self.loss_scale = 65536.0
-        self.pacing_rng = random.Random(sc.seed)
+        # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
+        self.loss_scale = start_loss_scale(sc, 65536)
+        # Its own stream, so a style with more or fewer lines draws the same numbers.
+        self.pacing_rng = random.Random(sc.seed * 7919 + 18)
 
     @property
     def eta(self):
@@ -1258,15 +1274,27 @@ def software_stack(sc):
             "runtime": "CUDA"}
 
 
+def node_address(sc, node):
+    """A node's address on the cluster network, stable for the run."""
+    return "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200, 11 + node)
+
+
 def master_address(sc):
-    """The rendezvous host and its address on the management network."""
-    return sc.hosts[0], "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200, 11)
+    """The rendezvous host (node 0) and its address."""
+    return sc.hosts[0], node_address(sc, 0)
+
+
+def loading_gib(sc):
+    """Memory per GPU while the weights stream in (a fifth of the state, plus runtime)."""
+    return state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora" else sc.method,
+                               sc.strategy, sc.gpus, sc.tp, sc.pp) / GIB * 0.2 + \
+        RUNTIME_OVERHEAD_GIB
 
 
 def optimizer_gib(sc):
     """Optimizer state per GPU, allocated at the first optimizer step."""
     if sc.method in ("lora", "qlora"):
-        return 12.0 * lora_params(sc.model, LORA_RANK[sc.method]) / GIB
+        return 12.0 * trainable_params(sc) / GIB
     full = state_bytes_per_gpu(sc.model, sc.method, sc.strategy, sc.gpus, sc.tp, sc.pp)
     return full * 0.75 / GIB
 
@@ -1451,7 +1479,7 @@ def draw_collective(sc, rng):
     achieved_gbs = bus_gbs(sc) * rng.uniform(0.9, 1.08)
     op = rng.choice(collective_ops(sc))
     if sc.method in ("lora", "qlora"):
-        size_mb = max(1.0, 2.0 * lora_params(sc.model, LORA_RANK[sc.method]) / 1e6)
+        size_mb = max(1.0, 2.0 * trainable_params(sc) / 1e6)
     else:
         size_mb = rng.choice([128.0, 256.0, 512.0])
     n = sc.gpus
@@ -1539,8 +1567,7 @@ def ib_retransmits(stall_s):
 
 def ib_peer(sc, rank):
     """The address of the next node's HCA, the peer a rank's ring sends to."""
-    return "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200,
-                            11 + (rank // sc.per_node + 1) % sc.nodes)
+    return node_address(sc, (rank // sc.per_node + 1) % sc.nodes)
 
 
 # ==========================================================================================
@@ -1619,7 +1646,7 @@ class ClassicVoice(object):
                 " (%s active)" % fmt_int(model.active)), tag=tag),
         ]
         if sc.method in ("lora", "qlora"):
-            adapters = lora_params(model, LORA_RANK[sc.method])
+            adapters = trainable_params(sc)
             lines.append(line("Trainable parameters: %s (%.2f%% of %s)" % (
                 fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
                 tag=tag))
@@ -2179,9 +2206,8 @@ class HFVoice(FrameworkVoice):
 
     def setup_lines(self):
         sc = self.sc
-        shards = int(math.ceil(2.0 * sc.model.params / SAFETENSORS_SHARD_BYTES))
-        trainable = sc.model.params if sc.method not in ("lora", "qlora") else \
-            lora_params(sc.model, LORA_RANK[sc.method])
+        shards = safetensors_shards(2 * sc.model.params)  # the base model as downloaded
+        trainable = trainable_params(sc)
         lines = []
         if shards > 1:
             lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
@@ -2230,7 +2256,7 @@ class HFVoice(FrameworkVoice):
             record = collections.OrderedDict([
                 ("loss", round(sum(self.window) / len(self.window), 4)),
                 ("grad_norm", fp32(state.grad_norm)),
-                ("learning_rate", lr_at(sc, state.step)),
+                ("learning_rate", state.lr),
                 ("epoch", round(state.step / float(sc.steps_per_epoch), 2))])
             self.window = []
             lines.append(line(hf_dict(record), "info", ""))
@@ -2377,7 +2403,7 @@ class LightningVoice(FrameworkVoice):
             lines.append(line("Restored all states from the checkpoint at %s" % path,
                               "info", ""))
         if sc.method in ("lora", "qlora"):
-            trainable = lora_params(sc.model, LORA_RANK[sc.method])
+            trainable = trainable_params(sc)
             total = sc.model.params + trainable
             kind = "PeftModelForCausalLM"
         else:
@@ -2599,7 +2625,7 @@ class DeepSpeedVoice(FrameworkVoice):
             if event.kind == "overflow":
                 # The loss scaler speaks inside step(), before the step is reported.
                 lines.append(self.overflow_line())
-        lr = lr_at(sc, state.step)
+        lr = state.lr
         samples_per_s = state.tokens_per_s / sc.seq_len
         self.rates.append(samples_per_s)
         # Warm-up steps are left out of the running average, as DeepSpeed's timer does.
@@ -2756,7 +2782,7 @@ class MegatronVoice(FrameworkVoice):
                 "global batch size: %5d | lm loss: %.6E | loss scale: %.1f | grad norm: %.3f | "
                 "number of skipped iterations: %3d | number of nan iterations: %3d |" % (
                     slot("seconds"), state.step, sc.total_steps, state.step * sc.global_batch,
-                    ms, tflops, lr_at(sc, state.step), sc.global_batch, state.loss,
+                    ms, tflops, state.lr, sc.global_batch, state.loss,
                     self.loss_scale if sc.precision == "fp16" else 1.0, state.grad_norm,
                     self.skipped, self.nans))
         self.skipped = 0
@@ -2838,8 +2864,7 @@ class TorchtitanVoice(FrameworkVoice):
         else:
             lines.append(self.log("Building sentencepiece tokenizer locally from "
                                   "./torchtitan/datasets/tokenizer/tokenizer.model"))
-        model_gib = state_bytes_per_gpu(model, "lora" if sc.method == "qlora" else sc.method,
-                                        sc.strategy, sc.gpus, sc.tp, sc.pp) / GIB * 0.2
+        model_gib = loading_gib(sc) - RUNTIME_OVERHEAD_GIB
         lines += [
             self.log("Preparing %s dataset from %s" % (sc.dataset.name.split("/")[-1].lower(),
                                                        sc.dataset.name)),
@@ -2943,15 +2968,11 @@ def make_voice(style, sc, glyphs):
 
 def init_phase(sc, state, voice):
     """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
-    # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
-    state.loss_scale = start_loss_scale(sc, 65536)
     startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
     lines = startup + voice.setup_lines()
     for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):
         if index == len(startup):
-            state.mem_gib = state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora"
-                                                else sc.method, sc.strategy, sc.gpus, sc.tp,
-                                                sc.pp) / GIB * 0.2 + RUNTIME_OVERHEAD_GIB
+            state.mem_gib = loading_gib(sc)
         state.warm_towards(0.05, delay)
         yield item, delay
     state.mem_gib = sc.memory_gib if sc.first_step > 1 else \
@@ -3120,7 +3141,6 @@ def run_phases(sc, state, glyphs, style="classic"):
     """The whole run, phase by phase, as one stream of (line, delay), told in `style`.
     Each line is stamped as it leaves, just before it is shown."""
     rng = random.Random(sc.seed * 7919 + 17)
-    state.pacing_rng = random.Random(sc.seed * 7919 + 18)
     voice = make_voice(style, sc, glyphs)
     state.style = voice.name
 
