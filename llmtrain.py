@@ -1112,15 +1112,18 @@ def token_accuracy(loss):
 
 def validation_size(sc):
     """(samples, batches, eval iterations or None): one validation set for the whole run,
-    sized so a forward pass over it (3x the training rate) fits the shortest validation."""
+    sized so a forward pass over it (3x the training rate) fits the shortest validation;
+    batches are the eval dataloader's (micro-batch per data-parallel rank)."""
     forward_tokens_per_s = 3.0 * sc.cluster_tokens_per_s
     shortest = min(seg.validation_s for seg in sc.segments)
+    iters = None
     if sc.loss_curve == "sft":
         fit = int(shortest * 0.5 * forward_tokens_per_s / sc.seq_len)
         samples = max(8, min(sc.val_samples, fit))
-        return samples, int(math.ceil(samples / float(sc.micro_batch * sc.dp))), None
-    iters = max(1, int(shortest * 0.6 * forward_tokens_per_s / sc.tokens_per_step))
-    return iters * sc.global_batch, iters, iters
+    else:
+        iters = max(1, int(shortest * 0.6 * forward_tokens_per_s / sc.tokens_per_step))
+        samples = iters * sc.global_batch
+    return samples, int(math.ceil(samples / float(sc.micro_batch * sc.dp))), iters
 
 
 def trainable_params(sc):
@@ -2173,11 +2176,6 @@ def hf_num_examples(sc):
     return batches * per_step
 
 
-def eval_batches(sc, val):
-    """Evaluation steps: the validation samples in batches of micro_batch per data rank."""
-    return int(math.ceil(val.samples / float(sc.micro_batch * sc.dp)))
-
-
 def hf_logging_steps(sc):
     """logging_steps a user would pick so that a dict line comes every few seconds."""
     for steps in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500):
@@ -2264,7 +2262,7 @@ class HFVoice(FrameworkVoice):
 
     def validation_lines(self, state, seg, val):
         sc = self.sc
-        batches = eval_batches(sc, val)
+        batches = val.batches
         lines = [self.hf(4026, ""), line("***** Running Evaluation *****", "info", ""),
                  self.hf(4028, "  Num examples = %d" % val.samples),
                  self.hf(4031, "  Batch size = %d" % sc.micro_batch)]
@@ -2468,7 +2466,7 @@ class LightningVoice(FrameworkVoice):
 
     def validation_lines(self, state, seg, val):
         lines = []
-        batches = eval_batches(self.sc, val)
+        batches = val.batches
         for quarter in (1, 2, 3, 4):
             done = batches * quarter // 4
             lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
