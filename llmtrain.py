@@ -1721,13 +1721,13 @@ class ClassicVoice(object):
             state.epoch, sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.tokens_per_step)),
             "phase", "TRAIN")]
 
-    def micro_lines(self, state, glyphs):
+    def micro_lines(self, state):
         """A gradient-accumulation micro-step inside a long optimizer step."""
-        return [line(progress_text(state, glyphs), "progress", "TRAIN")]
+        return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         """An update: `done` optimizer steps finished, the last one being state.step."""
-        return [line(progress_text(state, glyphs), "progress", "TRAIN")]
+        return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
 
     def collective_lines(self, coll):
         sc = self.sc
@@ -1739,7 +1739,7 @@ class ClassicVoice(object):
         return [line("%s %s: %.1f MB in %.2f ms (algbw %.1f GB/s, busbw %.1f GB/s)" % (
             name, coll.op, coll.size_mb, coll.ms, coll.alg_gbs, coll.bus_gbs), "info", name)]
 
-    def grid_lines(self, state, glyphs):
+    def grid_lines(self, state):
         return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state)]
 
     def event_lines(self, state, event, rank, drawn):
@@ -2104,13 +2104,13 @@ class FrameworkVoice(ClassicVoice):
     def epoch_lines(self, state, first_step):
         return []
 
-    def micro_lines(self, state, glyphs):
+    def micro_lines(self, state):
         return []
 
     def collective_lines(self, coll):
         return []
 
-    def grid_lines(self, state, glyphs):
+    def grid_lines(self, state):
         return []
 
     def event_lines(self, state, event, rank, drawn):
@@ -2237,18 +2237,18 @@ class HFVoice(FrameworkVoice):
             ]
         return lines
 
-    def bar_line(self, state, glyphs, kind="progress"):
+    def bar_line(self, state, kind="progress"):
         sc = self.sc
         rate = state.tokens_per_s / float(sc.tokens_per_step)
         return line(tqdm_meter(state.step, sc.total_steps, self.training_elapsed(state), rate,
-                               glyphs), kind, "")
+                               self.glyphs), kind, "")
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         sc = self.sc
         if not any(e.kind in ("nan", "overflow") for e in step_events):
             self.window += [state.loss] * done
         # The bar moves first; the dict is then written above it (tqdm.write).
-        lines = [self.bar_line(state, glyphs)]
+        lines = [self.bar_line(state)]
         if state.step // self.logging_steps > (state.step - done) // self.logging_steps and \
                 self.window:
             record = collections.OrderedDict([
@@ -2278,7 +2278,7 @@ class HFVoice(FrameworkVoice):
             ("epoch", round(seg.last_step / float(sc.steps_per_epoch), 2))])
         lines.append(line(hf_dict(record), "info", ""))
         # The eval bar goes away when done (leave=False) and the training bar is back.
-        return lines + [self.bar_line(state, self.glyphs)], len(lines) - 1
+        return lines + [self.bar_line(state)], len(lines) - 1
 
     def save_lines(self, path, weights):
         """save_pretrained: config, then one weights file or a sharded index."""
@@ -2456,10 +2456,10 @@ class LightningVoice(FrameworkVoice):
         self.bar_started = state.clock
         return []
 
-    def micro_lines(self, state, glyphs):
+    def micro_lines(self, state):
         return [self.bar_line(state)] if state.tokens_per_s else []
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         sc = self.sc
         ends_epoch = state.step % sc.steps_per_epoch == 0
         return [self.bar_line(state, "info" if ends_epoch else "progress")]
@@ -2614,7 +2614,7 @@ class DeepSpeedVoice(FrameworkVoice):
                 sc.checkpoint_root.format(epoch=1), tag)))
         return lines
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         sc = self.sc
         lines = []
         for event in step_events:
@@ -2764,7 +2764,7 @@ class MegatronVoice(FrameworkVoice):
                   "[before the start of training step] datetime: %s " % slot("seconds")]
         return [line(text, "info", "") for text in lines]
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         sc = self.sc
         for event in step_events:
             if event.kind == "nan":
@@ -2889,7 +2889,7 @@ class TorchtitanVoice(FrameworkVoice):
                                   sc.total_steps, sc.warmup_steps)))
         return lines
 
-    def update_lines(self, state, glyphs, done, step_events):
+    def update_lines(self, state, done, step_events):
         sc = self.sc
         if state.loss is None:
             return []
@@ -2981,7 +2981,7 @@ def init_phase(sc, state, voice):
     yield (ready[-1] if ready else None), sc.start_gap_s
 
 
-def train_phase(sc, state, seg, rng, voice, glyphs):
+def train_phase(sc, state, seg, rng, voice):
     """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
     state.phase = "train"
     if seg.index == 0:
@@ -3005,7 +3005,7 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
             state.micro = micro
             if state.loss is None:
                 continue  # nothing to report before the first optimizer step
-            for item in voice.micro_lines(state, glyphs):
+            for item in voice.micro_lines(state):
                 yield item, 0.0
             continue
         done = step - state.step
@@ -3036,7 +3036,7 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
             else 0.0
         state.tokens_per_s = done * sc.tokens_per_step / (done * sc.step_seconds + extra) * \
             rng.uniform(0.992, 1.008)
-        for item in voice.update_lines(state, glyphs, done, step_events):
+        for item in voice.update_lines(state, done, step_events):
             yield item, 0.0
         for event in step_events:
             for item in event_phase(sc, state, event, rng, voice):
@@ -3047,7 +3047,7 @@ def train_phase(sc, state, seg, rng, voice, glyphs):
                 yield item, 0.0
         if state.clock >= next_grid:
             next_grid = state.clock + GRID_EVERY_SECONDS
-            for item in voice.grid_lines(state, glyphs):
+            for item in voice.grid_lines(state):
                 yield item, 0.0
 
 
@@ -3146,7 +3146,7 @@ def run_phases(sc, state, glyphs, style="classic"):
         for item in init_phase(sc, state, voice):
             yield item
         for seg in sc.segments:
-            for item in train_phase(sc, state, seg, rng, voice, glyphs):
+            for item in train_phase(sc, state, seg, rng, voice):
                 yield item
             for item in validation_phase(sc, state, seg, rng, voice):
                 yield item
