@@ -3454,10 +3454,11 @@ def plain_text(item, color):
 class PlainRenderer(object):
     """Prints the run as a line log; on a terminal the progress line is redrawn in place."""
 
-    def __init__(self, stream, color, redraw):
+    def __init__(self, stream, color, redraw, glyphs):
         self.stream = stream
         self.color = color
         self.redraw = redraw
+        self.glyphs = glyphs
         self.live = ""
 
     def emit(self, item, state):
@@ -3560,12 +3561,12 @@ class DashboardRenderer(object):
     """Draws the run full screen. Regions redraw on their own schedule and only what changed
     reaches the terminal (curses sends the difference); keys are read while idle."""
 
-    def __init__(self, curses, screen, glyphs, color):
+    def __init__(self, curses, screen, glyphs, color, pacer):
         self.curses = curses
         self.scr = screen
         self.glyphs = glyphs
         self.styles = style_attributes(curses, color)
-        self.pacer = None
+        self.pacer = pacer  # its run_clock() ticks the header between two lines
         self.state = None
         self.log = collections.deque(maxlen=LOG_KEEP)
         self.live = None
@@ -3758,7 +3759,7 @@ class DashboardRenderer(object):
 
     def draw_header(self, layout):
         state = self.state
-        clock = self.pacer.run_clock(state) if self.pacer is not None else state.clock
+        clock = self.pacer.run_clock(state)
         rows = header_lines(state, layout.cols, clock, self.glyphs)
         for index, segments in enumerate(rows):
             self.put_row(index, segments)
@@ -3854,7 +3855,7 @@ def use_utf8_locale():
     return False
 
 
-def open_dashboard(color, ascii_only):
+def open_dashboard(color, ascii_only, pacer):
     """The dashboard on this terminal, or None where curses cannot drive it (not a terminal,
     no curses module, no terminfo entry, initscr failing)."""
     if not sys.stdout.isatty():
@@ -3883,7 +3884,7 @@ def open_dashboard(color, ascii_only):
         curses.noecho()
         curses.cbreak()
         screen.keypad(True)
-        renderer = DashboardRenderer(curses, screen, glyphs, color)
+        renderer = DashboardRenderer(curses, screen, glyphs, color, pacer)
     except curses.error:
         pass  # e.g. cbreak() without a terminal for its modes: the plain log it is
     finally:
@@ -4216,11 +4217,10 @@ def main(argv=None):
                 parser.error(str(error))
             pacer = Pacer(args.speed, args.instant, args.exit_after)
             color = wants_color(args.color, stream, os.environ)
-            renderer = None if args.plain else open_dashboard(color, args.ascii)
+            renderer = None if args.plain else open_dashboard(color, args.ascii, pacer)
             if renderer is None:
-                renderer = PlainRenderer(stream, color, redraw=stream.isatty())
-                renderer.glyphs = ASCII_GLYPHS if args.ascii else pick_glyphs(stream)
-            renderer.pacer = pacer
+                renderer = PlainRenderer(stream, color, stream.isatty(),
+                                         ASCII_GLYPHS if args.ascii else pick_glyphs(stream))
             run_many(args, renderer, pacer, first_seed)
         finally:
             ignore_signals()
