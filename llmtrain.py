@@ -3500,18 +3500,6 @@ class PlainRenderer(object):
             self.live = ""
 
 
-def pick_glyphs(stream):
-    """Unicode glyphs where the stream can encode them, ASCII otherwise."""
-    encoding = getattr(stream, "encoding", None) or "ascii"
-    sample = "".join(UNICODE_GLYPHS[key] for key in (
-        "full", "empty", "partial", "hline", "corners", "spark"))
-    try:
-        sample.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return ASCII_GLYPHS
-    return UNICODE_GLYPHS
-
-
 # ==========================================================================================
 # Renderers: the curses dashboard (header and loss chart, scrolling log, GPU grid)
 # ==========================================================================================
@@ -3809,6 +3797,18 @@ def end_curses(curses):
 # ==========================================================================================
 # Terminal detection: the dashboard where curses can drive the terminal, else the plain log
 # ==========================================================================================
+
+def pick_glyphs(stream):
+    """Unicode glyphs where the stream can encode them, ASCII otherwise."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    sample = "".join(UNICODE_GLYPHS[key] for key in (
+        "full", "empty", "partial", "hline", "corners", "spark"))
+    try:
+        sample.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return ASCII_GLYPHS
+    return UNICODE_GLYPHS
+
 
 def attach_keyboard():
     """Keys come from the terminal even when the script itself arrived on stdin
