@@ -957,12 +957,9 @@ def plan_finetune(rng, sc, funny):
         tokens = (steps * sc.global_batch + 1) * sc.seq_len
         sc.examples = min(sc.examples,
                           int(math.ceil(tokens / float(sc.dataset.tokens_per_example))))
-    sc.packed_samples = sc.examples * sc.dataset.tokens_per_example // sc.seq_len
-    sc.steps_per_epoch = max(1, sc.packed_samples // sc.global_batch)
+    set_epoch_steps(sc)
     sc.epochs = epochs_for(sc.steps_per_epoch * sc.step_seconds, sc.epochs)
-    sc.total_steps = sc.steps_per_epoch * sc.epochs
-    sc.warmup_steps = int(math.ceil(0.03 * sc.total_steps))
-    sc.last_step = sc.total_steps
+    set_epoch_steps(sc)
     sc.val_samples = max(64, sc.dataset.examples // 50)
     sc.loss_start = rng.uniform(1.5, 2.5)
     sc.loss_plateau = rng.uniform(1.0, 1.4)
@@ -980,12 +977,18 @@ def plan_finetune(rng, sc, funny):
         return
     # One step is too slow for whole epochs in a minute: show the end of a long fine-tune.
     sc.examples = sc.dataset.examples
+    set_epoch_steps(sc)
+    plan_final_stretch(rng, sc)
+
+
+def set_epoch_steps(sc):
+    """Packed sequences, steps per epoch and the whole job's steps (HF's arithmetic: warmup
+    is 3% of them) for the examples used, the batch and the number of epochs."""
     sc.packed_samples = sc.examples * sc.dataset.tokens_per_example // sc.seq_len
     sc.steps_per_epoch = max(1, sc.packed_samples // sc.global_batch)
     sc.total_steps = sc.steps_per_epoch * sc.epochs
     sc.warmup_steps = int(math.ceil(0.03 * sc.total_steps))
     sc.last_step = sc.total_steps
-    plan_final_stretch(rng, sc)
 
 
 def plan_final_stretch(rng, sc):
