@@ -610,9 +610,9 @@ def training_seconds(sc):
     """Planned length of the training loop: steps, event stalls, validation, checkpoints."""
     total = 0.0
     for seg in sc.segments:
-        total += sum(u[2] for u in seg.updates) + seg.validation_s + seg.checkpoint_s \
+        total += math.fsum(u[2] for u in seg.updates) + seg.validation_s + seg.checkpoint_s \
             + seg.gap_s
-    return total + sum(e.extra_s for e in sc.events)
+    return total + math.fsum(e.extra_s for e in sc.events)
 
 
 def run_seconds(sc):
@@ -698,7 +698,7 @@ def plausible(sc):
     """What an engineer would run, and what fits the show: updates at most a second apart,
     a batch big enough that collectives cost no more than a third of the compute rate,
     segments of 30-60 s and a run of 2-4 minutes."""
-    training = [sum(update[2] for update in seg.updates) for seg in sc.segments]
+    training = [math.fsum(update[2] for update in seg.updates) for seg in sc.segments]
     return update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9 and \
         sc.cluster_tokens_per_s >= 0.67 * sc.compute_tokens_per_s and \
         min(training) >= SEGMENT_SECONDS[0] * 0.9 and \
@@ -902,8 +902,8 @@ def set_batch(sc, target_step_s, min_accum=1, max_global=None):
 def fixed_phase_seconds(segments):
     """Expected seconds of everything but training: init and export, and after each segment
     its validation, checkpoint and the gap that follows."""
-    return (sum(INIT_SECONDS) + sum(EXPORT_SECONDS)) / 2 + segments * (
-        (sum(VALIDATION_SECONDS) + sum(CHECKPOINT_SECONDS) + sum(PHASE_GAP_SECONDS)) / 2)
+    return (math.fsum(INIT_SECONDS) + math.fsum(EXPORT_SECONDS)) / 2 + segments * (
+        (math.fsum(VALIDATION_SECONDS + CHECKPOINT_SECONDS + PHASE_GAP_SECONDS)) / 2)
 
 
 def segment_target(rng, segments):
@@ -1238,7 +1238,7 @@ def paced(lines, seconds, pacing_rng):
     """Spread `seconds` over lines with bursts and pauses: most lines come quickly.
     Its own random stream, so a style with more or fewer lines draws the same numbers."""
     weights = [pacing_rng.choice([0.2, 0.3, 0.5, 1.0, 1.0, 2.5]) for _ in lines]
-    total = sum(weights)
+    total = math.fsum(weights)
     for item, weight in zip(lines, weights):
         yield item, seconds * weight / total
 
@@ -2255,7 +2255,7 @@ class HFVoice(FrameworkVoice):
         if state.step // self.logging_steps > (state.step - done) // self.logging_steps and \
                 self.window:
             record = collections.OrderedDict([
-                ("loss", round(sum(self.window) / len(self.window), 4)),
+                ("loss", round(math.fsum(self.window) / len(self.window), 4)),
                 ("grad_norm", fp32(state.grad_norm)),
                 ("learning_rate", state.lr),
                 ("epoch", round(state.step / float(sc.steps_per_epoch), 2))])
@@ -2325,7 +2325,7 @@ class HFVoice(FrameworkVoice):
             ("train_runtime", round(runtime, 4)),
             ("train_samples_per_second", round(samples / runtime, 3)),
             ("train_steps_per_second", round(sc.session_steps / runtime, 3)),
-            ("train_loss", sum(history) / len(history)),
+            ("train_loss", math.fsum(history) / len(history)),
             ("epoch", round(sc.last_step / float(sc.steps_per_epoch), 2))])
         final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
         lines = [self.hf(2591, ""), line("", "info", ""),
@@ -2631,7 +2631,7 @@ class DeepSpeedVoice(FrameworkVoice):
         self.rates.append(samples_per_s)
         # Warm-up steps are left out of the running average, as DeepSpeed's timer does.
         counted = self.rates[2:]
-        running = sum(counted) / len(counted) if counted else float("-inf")
+        running = math.fsum(counted) / len(counted) if counted else float("-inf")
         allocated = state.mem_gib - RUNTIME_OVERHEAD_GIB
         return lines + [
             self.dist("step=%d, skipped=%d, lr=[%r, %r], mom=[[0.9, 0.95], [0.9, 0.95]]" % (
@@ -3281,7 +3281,7 @@ def loss_chart_lines(loss_history, val_history, width, height, glyphs):
     spark = glyphs["spark"]
     steps = len(spark) - 1
     scale = height * steps / (high - low)
-    levels = [max(1, int(round((sum(c) / len(c) - low) * scale))) for c in columns]
+    levels = [max(1, int(round((math.fsum(c) / len(c) - low) * scale))) for c in columns]
     marks = {}
     for index, value in val_history:
         column = max(0, index - 1) // per
