@@ -52,6 +52,7 @@ import argparse
 import collections
 import errno
 import io
+import itertools
 import json
 import math
 import os
@@ -71,7 +72,7 @@ __version__ = "1.0.0"
 # Constants and limits
 # ==========================================================================================
 
-#: Pacing at --speed 1, in seconds of the run's clock (see run-notes: 2-4 minutes a run).
+#: Pacing at --speed 1, in seconds of the run's clock: a whole run lasts 2-4 minutes.
 INIT_SECONDS = (5.0, 10.0)
 SEGMENT_SECONDS = (30.0, 60.0)
 VALIDATION_SECONDS = (5.0, 10.0)
@@ -136,10 +137,13 @@ DEAD_TERMINAL_POLLS = 25
 # Glyphs and palette
 # ==========================================================================================
 
+#: Bars, the chart, rules and boxes; "tqdm" is tqdm's own bar charset (ascii=True in ASCII).
 UNICODE_GLYPHS = {"full": "█", "empty": "░", "partial": " ▏▎▍▌▋▊▉", "spark": " ▁▂▃▄▅▆▇█",
-                  "hline": "─", "vline": "│", "corners": "┌┐└┘", "val": "◆"}
+                  "hline": "─", "vline": "│", "corners": "┌┐└┘", "val": "◆",
+                  "tqdm": " ▏▎▍▌▋▊▉█"}
 ASCII_GLYPHS = {"full": "#", "empty": "-", "partial": " .:=", "spark": " .-=+*#%@",
-                "hline": "-", "vline": "|", "corners": "++++", "val": "o"}
+                "hline": "-", "vline": "|", "corners": "++++", "val": "o",
+                "tqdm": " 123456789#"}
 
 #: ANSI SGR colours per line kind: timestamps magenta, phases cyan, warnings yellow,
 #: errors red, good news green (the reference palette).
@@ -148,7 +152,8 @@ ANSI = {"time": "35", "phase": "36", "warn": "33", "error": "31", "good": "32", 
 
 
 # ==========================================================================================
-# Data pools: the facts from realism.md
+# ==========================================================================================
+# Data pools: GPUs, models and datasets as published
 # ==========================================================================================
 
 GPU = collections.namedtuple(
@@ -176,7 +181,7 @@ Model = collections.namedtuple(
     "Model", "name params active vocab layers hidden heads kv_heads ffn tokenizer lr family "
              "funny context")
 
-#: Published configurations and exact parameter counts (realism.md B4).
+#: Published configurations (each model's config.json or paper) and exact parameter counts.
 MODELS = [
     Model("GPT-2-XL", 1557611200, 1557611200, 50257, 48, 1600, 25, 25, 6400, "GPT-2 BPE",
           2e-4, "gpt2", False, 1024),
@@ -247,10 +252,11 @@ FUNNY_CHECKPOINT_DIRS = ["checkpoints/big-chungus-epoch-{epoch}", "checkpoints/p
 METHOD_TITLES = {"full": "Full fine-tune", "lora": "LoRA (r=16, alpha=32, all linear layers)",
                  "qlora": "QLoRA (4-bit NF4, r=64, alpha=16)", "pretrain": "Pretraining"}
 LORA_RANK = {"lora": 16, "qlora": 64}
-
+#: Methods that train adapters on a frozen base model.
+ADAPTER_METHODS = ("lora", "qlora")
 
 # ==========================================================================================
-# The simulation: a scenario and the pure functions that derive every figure from it
+# Models and clusters: what a training job costs, as pure functions of its parts
 # ==========================================================================================
 
 class ScenarioError(ValueError):
@@ -323,7 +329,7 @@ def cluster_shape(gpus):
 
 def flops_per_token(model, seq_len, method):
     """Training FLOPs per token: 6N (4N without weight gradients) plus attention."""
-    weight_flops = (4 if method in ("lora", "qlora") else 6) * model.active
+    weight_flops = (4 if method in ADAPTER_METHODS else 6) * model.active
     return weight_flops + 12 * model.layers * model.hidden * seq_len
 
 
@@ -331,13 +337,15 @@ def lora_params(model, rank):
     """Adapter parameters for LoRA on every linear layer of every block."""
     head_dim = model.hidden // model.heads
     kv_width = model.kv_heads * head_dim
-    per_layer = (2 * model.hidden) * 2 + (model.hidden + kv_width) * 2 \
-        + 3 * (model.hidden + model.ffn)
+    per_layer = ((2 * model.hidden) * 2 + (model.hidden + kv_width) * 2
+                 + 3 * (model.hidden + model.ffn))
     return rank * per_layer * model.layers
 
 
 def state_bytes_per_gpu(model, method, strategy, gpus, tp, pp):
-    """Weights, gradients and optimizer state on one GPU (realism.md B3)."""
+    """Weights, gradients and optimizer state on one GPU: 16 bytes a parameter for mixed
+    precision Adam (the ZeRO paper), sharded as the strategy shards it; Megatron-LM's
+    distributed optimizer keeps 6 + 12/DP."""
     n = float(model.params)
     if method == "pretrain":
         dp = gpus // (tp * pp)
@@ -356,7 +364,8 @@ def state_bytes_per_gpu(model, method, strategy, gpus, tp, pp):
 
 
 def activation_bytes(model, micro_batch, seq_len, tp, pp):
-    """Checkpointed activations, one layer's recompute and fp32 logits for one micro-batch."""
+    """Checkpointed activations, one layer's recompute (Korthikanti et al. 2022, 34 bytes a
+    token and hidden unit) and fp32 logits for one micro-batch."""
     tokens = micro_batch * seq_len
     layers_here = int(math.ceil(model.layers / float(pp)))
     saved = 2.0 * tokens * model.hidden * layers_here
@@ -367,9 +376,14 @@ def activation_bytes(model, micro_batch, seq_len, tp, pp):
 
 def memory_gib(model, method, strategy, gpus, tp, pp, micro_batch, seq_len):
     """Reserved memory per GPU in GiB: state + activations + runtime overhead."""
-    total = state_bytes_per_gpu(model, method, strategy, gpus, tp, pp) \
-        + activation_bytes(model, micro_batch, seq_len, tp, pp)
+    total = (state_bytes_per_gpu(model, method, strategy, gpus, tp, pp)
+             + activation_bytes(model, micro_batch, seq_len, tp, pp))
     return total / GIB + RUNTIME_OVERHEAD_GIB
+
+
+def pretraining_seq_len(model):
+    """Llama 3 pretrains at 8K; the older families at 4K."""
+    return min(8192 if model.vocab == 128256 else 4096, model.context)
 
 
 def parallel_layout(model, method, gpu, gpus, per_node):
@@ -378,8 +392,8 @@ def parallel_layout(model, method, gpu, gpus, per_node):
         return 1, 1
     tp = 1
     pp = 1
-    while memory_gib(model, method, "", gpus, tp, pp, 1, pretraining_seq_len(model)) > \
-            MEMORY_HEADROOM * gpu.capacity_gib:
+    while (memory_gib(model, method, "", gpus, tp, pp, 1, pretraining_seq_len(model))
+           > MEMORY_HEADROOM * gpu.capacity_gib):
         if tp < min(8, per_node):
             tp *= 2
         elif pp < 32 and gpus % (tp * pp * 2) == 0:
@@ -389,11 +403,6 @@ def parallel_layout(model, method, gpu, gpus, per_node):
         if gpus % (tp * pp):
             return None
     return tp, pp
-
-
-def pretraining_seq_len(model):
-    """Llama 3 pretrains at 8K; the older families at 4K."""
-    return min(8192 if model.vocab == 128256 else 4096, model.context)
 
 
 def strategy_options(method, gpus):
@@ -412,17 +421,220 @@ def best_micro_batch(model, method, strategy, gpu, gpus, tp, pp, seq_len):
     """Largest power-of-two micro-batch that fits; 0 when even one sequence does not."""
     micro = 0
     for candidate in (1, 2, 4, 8, 16):
-        if memory_gib(model, method, strategy, gpus, tp, pp, candidate, seq_len) \
-                <= MEMORY_HEADROOM * gpu.capacity_gib:
+        if (memory_gib(model, method, strategy, gpus, tp, pp, candidate, seq_len)
+                <= MEMORY_HEADROOM * gpu.capacity_gib):
             micro = candidate
     return micro
 
 
-class Scenario(object):
-    """Everything drawn for one run; every figure on screen is derived from these fields."""
+def pretraining_batch_tokens(model):
+    """Tokens per optimizer step a pretraining job of this size uses: 0.5-4M up to 13B
+    parameters, 4M for Llama 2 70B, 8M and more for Llama 3 405B (their papers)."""
+    if model.params < 3e9:
+        return 0.5e6
+    if model.params < 20e9:
+        return 2e6
+    if model.params < 100e9:
+        return 4e6
+    return 8e6
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+
+def pretraining_gpus(model, gpu):
+    """Smallest power-of-two cluster (64 or more) that fits the job with steps of <= 8 s."""
+    per_gpu = 0.4 * gpu.peak_flops / flops_per_token(model, pretraining_seq_len(model),
+                                                     "pretrain")
+    gpus = 64
+    while gpus < MAX_GPUS and (
+            parallel_layout(model, "pretrain", gpu, gpus, 8) is None or
+            pretraining_batch_tokens(model) / (per_gpu * gpus) > 8.0):
+        gpus *= 2
+    return gpus
+
+
+def pick_method(rng, model, gpu, gpus, pretrain):
+    """A method, strategy and (tp, pp) under which the model fits; None if nothing does."""
+    nodes, per_node = cluster_shape(gpus)
+    methods = ["pretrain"] if pretrain else ["full", "full", "lora", "qlora"]
+    if gpus > 8:
+        # QLoRA is how a model fits on a few GPUs; on a cluster it is only the last resort.
+        methods = [m for m in methods if m != "qlora"]
+    order = []
+    while methods:
+        pick = rng.choice(methods)
+        methods = [m for m in methods if m != pick]
+        order.append(pick)
+    if not pretrain:
+        order += [m for m in ("full", "lora", "qlora") if m not in order]
+    for method in order:
+        layout = parallel_layout(model, method, gpu, gpus, per_node)
+        if layout is None:
+            continue
+        strategies = strategy_options(method, gpus)
+        first = rng.choice(strategies)
+        for strategy in [first] + [s for s in strategies if s != first]:
+            seq_len = pretraining_seq_len(model) if method == "pretrain" else 512
+            if best_micro_batch(model, method, strategy, gpu, gpus, layout[0], layout[1],
+                                seq_len):
+                return method, strategy, layout
+    return None
+
+
+def smallest_cluster(model, gpu, pretrain):
+    """Fewest GPUs (powers of two) on which some method fits this model."""
+    gpus = 1
+    while gpus <= MAX_GPUS:
+        # Whether anything fits does not depend on the order tried: any stream will do.
+        if pick_method(random.Random(0), model, gpu, gpus, pretrain) is not None:
+            return gpus
+        gpus *= 2
+    return None
+
+
+# ==========================================================================================
+# The scenario: one run's every field, declared once, and the figures they imply
+# ==========================================================================================
+
+#: The random streams of a run, all derived from its seed here: the scenario is drawn from
+#: the seed itself; the plot, the pacing of lines, the identity of the job's processes and
+#: the pick of `--style random` each draw from a stream of their own, so that a style that
+#: prints more or fewer lines still draws the same numbers.
+RANDOM_STREAMS = {"scenario": None, "plot": 17, "pacing": 18, "identity": 19, "style": 23}
+
+
+def random_stream(seed, name):
+    """The run's random stream of that name (RANDOM_STREAMS)."""
+    offset = RANDOM_STREAMS[name]
+    return random.Random(seed if offset is None else seed * 7919 + offset)
+
+
+#: What tells this job's processes from another's: the cluster network's subnet, the
+#: launcher's and first worker's pids, NCCL's init thread, communicator address and id,
+#: how many launches came before a resumed job (Lightning's log version), the power of two
+#: a resumed fp16 checkpoint restores as its loss scale, and the allocator's slack (MB).
+Identity = collections.namedtuple(
+    "Identity", "subnet launcher_pid worker_pid init_tid comm comm_id launches "
+                "loss_scale_power allocator_slack_mb")
+
+
+def draw_identity(seed):
+    """The job's identity: process ids from their own stream, the rest from the seed."""
+    ids = random_stream(seed, "identity")
+    launcher_pid = ids.randint(20000, 3999999)
+    worker_pid = launcher_pid + ids.randint(40, 90)
+    init_tid = worker_pid + ids.randint(120, 400)
+    comm = 0x550000000000 + ids.randint(0, 0xffffffffff) * 16
+    comm_id = ids.getrandbits(64)
+    return Identity((seed % 7 + 1, seed % 200), launcher_pid, worker_pid, init_tid, comm,
+                    comm_id, 1 + seed % 5, 14 + seed % 4, 2 * (seed % 256))
+
+
+class Scenario:
+    """One run, drawn whole from its seed; every figure on screen derives from these fields.
+
+    Each field is declared once below, grouped by the planner that computes it. A planner
+    hands back a namedtuple whose fields are named like these, and fill() assigns it: each
+    field is set exactly once, and a finished draw has all of them."""
+
+    __slots__ = (
+        # --- the job on its cluster (draw_job) ------------------------------------------
+        #: The seed every random stream of the run derives from (random_stream).
+        "seed",
+        #: GPU type (a GPUS entry) and how many.
+        "gpu", "gpus",
+        #: Servers, and GPUs in each (cluster_shape).
+        "nodes", "per_node",
+        #: The model trained (a Model).
+        "model",
+        #: full, lora, qlora (fine-tunes) or pretrain.
+        "method",
+        #: Sharding as a user names it: DDP, FSDP (FULL_SHARD), DeepSpeed ZeRO-2/3, Megatron.
+        "strategy",
+        #: Tensor, pipeline and data parallel degrees: tp * pp * dp == gpus.
+        "tp", "pp", "dp",
+        #: Mixed precision: bf16, or fp16 with dynamic loss scaling (some A100 jobs).
+        "precision",
+        #: Model FLOP utilisation the compute reaches, before waiting on the network.
+        "mfu",
+        # --- throughput and batch (batch_for) ------------------------------------------
+        #: Tokens per sequence.
+        "seq_len",
+        #: Training FLOPs per token (flops_per_token).
+        "flops_per_token",
+        #: Tokens per second the cluster's compute alone would reach.
+        "compute_tokens_per_s",
+        #: Sequences per GPU per micro-step, and micro-steps per optimizer step.
+        "micro_batch", "grad_accum",
+        #: Sequences per optimizer step across the cluster.
+        "global_batch",
+        #: Tokens per second reached, collectives included.
+        "cluster_tokens_per_s",
+        #: Reserved memory per GPU in GiB while training.
+        "memory_gib",
+        #: Optimizer steps per progress update when steps are short.
+        "log_every",
+        #: Progress updates per optimizer step when steps are long (micro-steps shown).
+        "micro_updates",
+        # --- the schedule of the whole job (plan_finetune, plan_pretraining) -----------
+        #: Peak and final learning rate, and the decay after warmup: cosine or linear.
+        "peak_lr", "min_lr", "schedule",
+        #: Epochs, optimizer steps in each, in the whole job, and of warmup.
+        "epochs", "steps_per_epoch", "total_steps", "warmup_steps",
+        # --- the data ------------------------------------------------------------------
+        #: The dataset (a Dataset): an instruction set or a pretraining corpus.
+        "dataset",
+        #: Examples used (a subset of an instruction set, or all; 0 for a corpus), and the
+        #: sequences they pack into.
+        "examples", "packed_samples",
+        #: Whether it is an instruction set (validation adds BLEU and ROUGE-L).
+        "instruction_set",
+        #: Validation examples held out (0 for a corpus: eval iterations instead).
+        "val_samples",
+        # --- the loss curve ------------------------------------------------------------
+        #: sft, fresh (pretraining from scratch) or pretrain (a resumed job's late tail).
+        "loss_curve",
+        #: sft and fresh: the loss at the first step.
+        "loss_start",
+        #: sft: the level the fast fall settles at, its time constant in steps, and the
+        #: drop at each new epoch (None for pretraining).
+        "loss_plateau", "loss_tau", "epoch_drop",
+        #: pretraining: the irreducible loss, and the power-law coefficient of a resumed job.
+        "loss_floor", "loss_coefficient",
+        #: fresh: tokens after which half the way to the floor is gone (None otherwise).
+        "loss_tokens_half",
+        #: Step-to-step noise of the loss (shrinks with the batch).
+        "noise",
+        #: Gradient norm at the start and where it settles.
+        "grad_norm_start", "grad_norm_end",
+        # --- the session: the part of the job this run shows ---------------------------
+        #: First optimizer step shown (1 unless the job resumes from a checkpoint).
+        "first_step",
+        #: Steps between evaluations (and checkpoints), and how many such segments.
+        "eval_every", "segment_count",
+        #: Training time of the job before this session (0 for a fresh job).
+        "resumed_seconds",
+        # --- the story (draw_story) ----------------------------------------------------
+        #: Checkpoint directory, `{epoch}` filled by checkpoint_dir().
+        "checkpoint_root",
+        #: Rare events (Event), in step order.
+        "events",
+        # --- the timeline: seconds of each phase at --speed 1 (plan_timeline) ----------
+        #: Start-up, the gap before training, the first step's warm-up, the export.
+        "init_s", "start_gap_s", "first_step_extra_s", "export_s",
+        #: The training segments (Segment), each followed by validation and a checkpoint.
+        "segments",
+        # --- names (name_cluster) ------------------------------------------------------
+        #: Node host names, and the rendezvous port.
+        "hosts", "master_port",
+        #: The job's processes and network (Identity).
+        "identity",
+    )
+
+    def fill(self, part):
+        """Assign a planner's namedtuple to the fields of the same names, each only once."""
+        for name, value in zip(part._fields, part):
+            if hasattr(self, name):
+                raise AttributeError("Scenario.%s is assigned twice" % name)
+            setattr(self, name, value)
 
     # --- derived figures: one place each ---------------------------------------------
     @property
@@ -437,31 +649,62 @@ class Scenario(object):
     def tflops_per_gpu(self):
         return tflops_per_gpu(self, self.cluster_tokens_per_s)
 
-    def epoch_of(self, step):
-        """Epoch (1-based) that optimizer step `step` belongs to."""
-        return min(self.epochs, max(1, (step - 1) // self.steps_per_epoch + 1))
-
     @property
     def mfu_reached(self):
         """Model FLOP utilisation at the throughput the run reaches."""
         return self.tflops_per_gpu * 1e12 / self.gpu.peak_flops
 
     @property
+    def last_step(self):
+        """Every session runs to the end of its job."""
+        return self.total_steps
+
+    @property
+    def session_steps(self):
+        return self.last_step - self.first_step + 1
+
+    @property
+    def resumed(self):
+        """Whether the session picks up a job from its checkpoint."""
+        return self.first_step > 1
+
+    @property
+    def adapters(self):
+        """Whether only LoRA/QLoRA adapters train (the base model is frozen)."""
+        return self.method in ADAPTER_METHODS
+
+    @property
     def cluster_name(self):
-        return "%d x %s, %d node%s" % (self.gpus, self.gpu.short, self.nodes,
-                                       "" if self.nodes == 1 else "s")
+        return "%d x %s, %s" % (self.gpus, self.gpu.short, plural(self.nodes, "node"))
+
+    def epoch_of(self, step):
+        """Epoch (1-based) that optimizer step `step` belongs to."""
+        return min(self.epochs, max(1, (step - 1) // self.steps_per_epoch + 1))
+
+    def checkpoint_dir(self, epoch):
+        """The checkpoint directory of an epoch (most names do not depend on it)."""
+        return self.checkpoint_root.format(epoch=epoch)
+
+
+def plural(count, noun, suffix="s"):
+    """`1 node`, `2 nodes`, `3 batches`."""
+    return "%d %s" % (count, noun if count == 1 else noun + suffix)
+
+
+def tflops_per_gpu(sc, tokens_per_s):
+    """Model TFLOP/s per GPU at a cluster throughput (recompute not counted, as MFU wants)."""
+    return sc.flops_per_token * tokens_per_s / sc.gpus / 1e12
+
+
+#: Events that skip their optimizer step: the update is not applied.
+SKIPPING_EVENTS = ("nan", "overflow")
 
 
 def scheduler_steps(sc, step):
     """The LR scheduler's own count after `step`: it does not advance on an update that was
     skipped (a NaN loss, an fp16 overflow), as HF and Megatron both do."""
     return step - sum(1 for event in sc.events
-                      if event.kind in ("nan", "overflow") and event.step <= step)
-
-
-def tflops_per_gpu(sc, tokens_per_s):
-    """Model TFLOP/s per GPU at a cluster throughput (recompute not counted, as MFU wants)."""
-    return sc.flops_per_token * tokens_per_s / sc.gpus / 1e12
+                      if event.kind in SKIPPING_EVENTS and event.step <= step)
 
 
 def lr_at(sc, step):
@@ -506,7 +749,7 @@ def expected_loss(sc, step):
         return sc.loss_floor + (sc.loss_start - sc.loss_floor) * plateau
     # A resumed pretraining job: a slow power-law decline in tokens seen.
     tokens = float(step) * sc.tokens_per_step
-    return sc.loss_floor + sc.loss_scale / tokens ** 0.28
+    return sc.loss_floor + sc.loss_coefficient / tokens ** 0.28
 
 
 def spike_boost(sc, step):
@@ -516,570 +759,6 @@ def spike_boost(sc, step):
         if event.kind == "spike" and step >= event.step:
             boost += event.size * math.exp(-(step - event.step) / 6.0)
     return boost
-
-
-Event = collections.namedtuple("Event", "kind step size extra_s")
-
-
-def plan_events(rng, sc):
-    """Rare events for this run (each recovers and the run goes on), with the time they cost."""
-    kinds = ["spike", "nan"] + (["nccl"] if sc.gpus > 1 else [])
-    if sc.memory_gib > 0.8 * sc.gpu.capacity_gib:
-        kinds.append("oom")  # an allocation spike only runs out where memory is already tight
-    if sc.precision == "fp16":
-        kinds.append("overflow")
-    lo = sc.first_step + max(3, sc.session_steps // 8)
-    hi = sc.last_step - max(3, sc.session_steps // 8)
-    events = []
-    if sc.precision == "fp16" and sc.first_step == 1:
-        # Dynamic loss scaling overshoots a few times at the very start.
-        events += [Event("overflow", step, 0.0, 0.0) for step in (1, 2, 3)]
-    used = set()
-    for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
-        kind = rng.choice(kinds)
-        if kind in used or hi <= lo:
-            continue
-        used.add(kind)
-        step = rng.randint(lo, hi)
-        if kind == "spike":
-            events.append(Event(kind, step, rng.uniform(0.3, 0.9), 0.0))
-        elif kind == "oom":
-            events.append(Event(kind, step, 0.0, round(sc.step_seconds + rng.uniform(0.8, 1.6),
-                                                       2)))
-        elif kind == "nccl":
-            events.append(Event(kind, step, 0.0, round(rng.uniform(1.5, 3.0), 2)))
-        else:
-            events.append(Event(kind, step, 0.0, 0.0))
-    events.sort(key=lambda e: e.step)
-    return events
-
-
-Segment = collections.namedtuple(
-    "Segment", "index epoch first_step last_step updates validation_s checkpoint_s gap_s")
-
-
-def segment_updates(sc, first, last, warmup_s=0.0):
-    """Display updates for steps first..last as (step, micro, seconds): 0.3-1 s apart; the
-    first one also carries warmup_s, the slow first iteration of a (re)started job."""
-    updates = []
-    if sc.micro_updates > 1:
-        for step in range(first, last + 1):
-            for micro in range(1, sc.micro_updates + 1):
-                updates.append((step, micro, sc.step_seconds / sc.micro_updates))
-    else:
-        step = first - 1
-        while step < last:
-            nxt = min(last, step + sc.log_every)
-            if last - nxt < sc.log_every:
-                nxt = last  # a short remainder joins the final update rather than stand alone
-            updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
-            step = nxt
-    step, micro, seconds = updates[0]
-    updates[0] = (step, micro, seconds + warmup_s)
-    return updates
-
-
-def plan_timeline(rng, sc):
-    """Durations of every phase, fixed up front so the ETA can be exact."""
-    sc.init_s = rng.uniform(*INIT_SECONDS)
-    sc.segments = []
-    # torch.compile, CUDA graphs and NCCL's first collectives make the first step slow.
-    sc.first_step_extra_s = rng.uniform(*FIRST_STEP_EXTRA_SECONDS)
-    for index in range(sc.segment_count):
-        first = sc.first_step + index * sc.eval_every
-        last = min(sc.last_step, first + sc.eval_every - 1)
-        sc.segments.append(Segment(index, sc.epoch_of(last), first, last,
-                                   segment_updates(sc, first, last,
-                                                   sc.first_step_extra_s if index == 0 else 0),
-                                   rng.uniform(*VALIDATION_SECONDS),
-                                   rng.uniform(*CHECKPOINT_SECONDS),
-                                   rng.uniform(*PHASE_GAP_SECONDS)))
-    sc.export_s = rng.uniform(*EXPORT_SECONDS)
-    sc.start_gap_s = rng.uniform(*PHASE_GAP_SECONDS)
-    # Whole epochs come in whole steps: lengthen the fixed phases if the run fell short.
-    short = SHORTEST_RUN_SECONDS - run_seconds(sc)
-    if short > 0:
-        sc.init_s = min(INIT_SECONDS[1], sc.init_s + short / 3)
-        share = (SHORTEST_RUN_SECONDS - run_seconds(sc)) / len(sc.segments)
-        sc.segments = [seg._replace(validation_s=min(VALIDATION_SECONDS[1],
-                                                     seg.validation_s + share))
-                       for seg in sc.segments]
-
-
-def training_seconds(sc):
-    """Planned length of the training loop: steps, event stalls, validation, checkpoints."""
-    total = 0.0
-    for seg in sc.segments:
-        total += math.fsum(u[2] for u in seg.updates) + seg.validation_s + seg.checkpoint_s \
-            + seg.gap_s
-    return total + math.fsum(e.extra_s for e in sc.events)
-
-
-def run_seconds(sc):
-    """Planned length of the whole run at --speed 1."""
-    return sc.init_s + sc.start_gap_s + training_seconds(sc) + sc.export_s + 1.0
-
-
-def pick_method(rng, model, gpu, gpus, pretrain):
-    """A method, strategy and (tp, pp) under which the model fits; None if nothing does."""
-    nodes, per_node = cluster_shape(gpus)
-    methods = ["pretrain"] if pretrain else ["full", "full", "lora", "qlora"]
-    if gpus > 8:
-        # QLoRA is how a model fits on a few GPUs; on a cluster it is only the last resort.
-        methods = [m for m in methods if m != "qlora"]
-    order = []
-    while methods:
-        pick = rng.choice(methods)
-        methods = [m for m in methods if m != pick]
-        order.append(pick)
-    if not pretrain:
-        order += [m for m in ("full", "lora", "qlora") if m not in order]
-    for method in order:
-        layout = parallel_layout(model, method, gpu, gpus, per_node)
-        if layout is None:
-            continue
-        strategies = strategy_options(method, gpus)
-        first = rng.choice(strategies)
-        for strategy in [first] + [s for s in strategies if s != first]:
-            seq_len = pretraining_seq_len(model) if method == "pretrain" else 512
-            if best_micro_batch(model, method, strategy, gpu, gpus, layout[0], layout[1],
-                                seq_len):
-                return method, strategy, layout
-    return None
-
-
-def smallest_cluster(model, gpu, pretrain):
-    """Fewest GPUs (powers of two) on which some method fits this model."""
-    gpus = 1
-    while gpus <= MAX_GPUS:
-        if pick_method(random.Random(0), model, gpu, gpus, pretrain) is not None:
-            return gpus
-        gpus *= 2
-    return None
-
-
-def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some"):
-    """Draw one whole run from the seed. Raises ScenarioError for impossible requests.
-
-    What the user left open is redrawn until updates come at most a second apart; what
-    the user fixed is honoured even when its steps are slower than that."""
-    rng = random.Random(seed)
-    forced = model_name is not None and gpus is not None and gpu_key is not None
-    failure = None
-    closest = None
-    for _ in range(16):
-        try:
-            sc = draw_scenario(rng, seed, model_name, gpus, gpu_key, humor)
-        except ScenarioError as error:
-            failure = error
-            continue
-        if forced or plausible(sc):
-            return too_slow_checked(sc)
-        # Failing that, the draw whose run is nearest the 2-4 minutes of the show.
-        miss = max(0.0, 120.0 - run_seconds(sc), run_seconds(sc) - 240.0)
-        if closest is None or miss < closest[0]:
-            closest = (miss, sc)
-    if closest is None:
-        raise failure
-    return too_slow_checked(closest[1])
-
-
-def too_slow_checked(sc):
-    """The scenario, unless even one optimizer step is too long for a 5-minute run."""
-    if run_seconds(sc) > RUN_HARD_LIMIT_SECONDS:
-        raise ScenarioError("%s on %d x %s: one optimizer step takes %.0f s, too long to "
-                            "show in a run of at most %d minutes; use more or faster GPUs" % (
-                                sc.model.name, sc.gpus, sc.gpu.name, sc.step_seconds,
-                                RUN_HARD_LIMIT_SECONDS // 60))
-    return sc
-
-
-def plausible(sc):
-    """What an engineer would run, and what fits the show: updates at most a second apart,
-    a batch big enough that collectives cost no more than a third of the compute rate,
-    segments of 30-60 s and a run of 2-4 minutes."""
-    training = [math.fsum(update[2] for update in seg.updates) for seg in sc.segments]
-    return update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9 and \
-        sc.cluster_tokens_per_s >= 0.67 * sc.compute_tokens_per_s and \
-        min(training) >= SEGMENT_SECONDS[0] * 0.9 and \
-        120.0 <= run_seconds(sc) <= 240.0
-
-
-def update_seconds(sc):
-    """Seconds between two progress updates of this scenario."""
-    if sc.micro_updates > 1:
-        return sc.step_seconds / sc.micro_updates
-    return sc.step_seconds * sc.log_every
-
-
-def draw_scenario(rng, seed, model_name, gpus, gpu_key, humor, pretrain=None):
-    """One draw of GPU, cluster, model, method, data and schedule; may be impossible.
-    pretrain=True asks for a pretraining job of the given model and cluster."""
-    def funny(probability):
-        return humor == "max" or (humor == "some" and rng.random() < probability)
-
-    gpu = GPUS[gpu_key] if gpu_key else rng.choice(
-        [GPUS[k] for k in ("h100", "h100", "h100", "a100", "a100", "h200", "b200", "a100-40g",
-                           "mi300x")])
-    if model_name:
-        model = find_model(model_name)
-    elif funny(0.12):
-        model = find_model(rng.choice(FUNNY_MODEL_NAMES))
-    else:
-        model = rng.choice(MODELS)
-    if gpus:
-        gpu_count = gpus
-        pretrain = pretrain or gpus >= 256
-    else:
-        # The largest models only train honestly at scale: the tail of a pretraining job.
-        pretrain = model.params > 100e9 or rng.random() < 0.2
-        gpu_count = pretraining_gpus(model, gpu) if pretrain else \
-            rng.choice(DEFAULT_GPU_CHOICES)
-    picked = pick_method(rng, model, gpu, gpu_count, pretrain)
-    if picked is None and gpus is None:
-        need = smallest_cluster(model, gpu, pretrain)
-        if need is None:
-            raise ScenarioError("%s fits on no %s cluster of up to %d GPUs" % (
-                model.name, gpu.name, MAX_GPUS))
-        gpu_count = max(gpu_count, need)
-        picked = pick_method(rng, model, gpu, gpu_count, pretrain)
-    if picked is None and pretrain:
-        pretrain = False
-        picked = pick_method(rng, model, gpu, gpu_count, pretrain)
-    if picked is None:
-        raise ScenarioError("%s does not fit on %d x %s, not even with QLoRA" % (
-            model.name, gpu_count, gpu.name))
-    method, strategy, (tp, pp) = picked
-    nodes, per_node = cluster_shape(gpu_count)
-    if method == "pretrain":
-        strategy = "Megatron-LM (TP=%d, PP=%d, DP=%d), distributed optimizer" % (
-            tp, pp, gpu_count // (tp * pp))
-    sc = Scenario(seed=seed, gpu=gpu, gpus=gpu_count, nodes=nodes, per_node=per_node,
-                  model=model, method=method, strategy=strategy, tp=tp, pp=pp,
-                  dp=gpu_count // (tp * pp))
-    sc.precision = "fp16" if gpu.key.startswith("a100") and rng.random() < 0.25 else "bf16"
-    sc.mfu = rng.uniform(*gpu.mfu)
-    # The GPU's band is what tuned pretraining reaches; fine-tuning stacks reach less.
-    sc.mfu *= {"pretrain": 1.0, "full": 0.8, "lora": 0.65, "qlora": 0.5}[method]
-    if method == "pretrain":
-        plan_pretraining(rng, sc)
-    else:
-        plan_finetune(rng, sc, funny)
-        if sc.eval_every * sc.step_seconds < SEGMENT_SECONDS[0] * 0.9 and \
-                model.params < 3e9:
-            # A small model on this cluster finishes any instruction set in seconds: what
-            # such a cluster runs for minutes is a pretraining speedrun.
-            return draw_scenario(rng, seed, model.name, gpu_count, gpu.key, humor, True)
-    sc.session_steps = sc.last_step - sc.first_step + 1
-    sc.checkpoint_root = checkpoint_root(rng, sc, funny)
-    sc.events = plan_events(rng, sc)
-    plan_timeline(rng, sc)
-    sc.hosts = host_names(rng, sc)
-    sc.master_port = rng.choice([29500, 29500, 29400, 6000, 23456])
-    return sc
-
-
-def pretraining_batch_tokens(model):
-    """Tokens per optimizer step a pretraining job of this size uses (realism.md B5)."""
-    if model.params < 3e9:
-        return 0.5e6
-    if model.params < 20e9:
-        return 2e6
-    if model.params < 100e9:
-        return 4e6
-    return 8e6
-
-
-def pretraining_gpus(model, gpu):
-    """Smallest power-of-two cluster (64 or more) that fits the job with steps of <= 8 s."""
-    per_gpu = 0.4 * gpu.peak_flops / flops_per_token(model, pretraining_seq_len(model),
-                                                     "pretrain")
-    gpus = 64
-    while gpus < MAX_GPUS and (
-            parallel_layout(model, "pretrain", gpu, gpus, 8) is None or
-            pretraining_batch_tokens(model) / (per_gpu * gpus) > 8.0):
-        gpus *= 2
-    return gpus
-
-
-def set_throughput(sc, seq_len):
-    """Tokens per second the cluster computes at the drawn MFU, before any waiting on the
-    network (set_batch derives the throughput actually reached)."""
-    sc.seq_len = seq_len
-    sc.flops_per_token = flops_per_token(sc.model, seq_len, sc.method)
-    sc.compute_tokens_per_s = sc.mfu * sc.gpu.peak_flops / sc.flops_per_token * sc.gpus
-    sc.cluster_tokens_per_s = int(round(sc.compute_tokens_per_s))
-
-
-def bus_gbs(sc):
-    """Bus bandwidth (GB/s) one GPU sustains in a ring collective on this cluster."""
-    table = INTER_NODE_BUS_GBS if sc.nodes > 1 else INTRA_NODE_BUS_GBS
-    return table[sc.gpu.key]
-
-
-def collective_bytes(sc):
-    """Bytes each GPU moves in collectives: (per micro-step, per optimizer step)."""
-    if sc.gpus == 1:
-        return 0.0, 0.0
-    n = float(sc.model.params)
-    ring = (sc.gpus - 1.0) / sc.gpus
-    if sc.method == "pretrain":
-        # Distributed optimizer: reduce-scatter the gradients, all-gather the parameters.
-        return 0.0, 4.0 * n / (sc.tp * sc.pp) * (sc.dp - 1.0) / sc.dp
-    if sc.method in ("lora", "qlora"):
-        adapters = 2.0 * trainable_params(sc)
-        base = (2.0 if sc.method == "lora" else 0.56) * n
-        # FSDP gathers the frozen base for forward and backward of every micro-batch.
-        per_micro = 2 * base * ring if sc.strategy.startswith("FSDP") else 0.0
-        return per_micro, 2 * adapters * ring
-    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
-        # All-gather for forward, again for backward, reduce-scatter of the gradients.
-        return 3 * 2 * n * ring, 0.0
-    if sc.strategy == "DeepSpeed ZeRO-2":
-        return 0.0, 2 * 2 * n * ring
-    return 0.0, 2 * 2 * n * ring  # DDP: one all-reduce of the gradients
-
-
-def overlapped(compute, comm):
-    """Time for compute and communication that overlap, but never perfectly."""
-    return max(compute, comm) + 0.1 * min(compute, comm)
-
-
-def step_seconds_for(sc, micro, accum):
-    """One optimizer step: micro-steps (compute against their collectives), the pipeline
-    bubble of accum micro-batches through pp stages, then what is left of the step's own
-    collectives after they overlap the last backward pass."""
-    compute = micro * sc.dp * sc.seq_len / sc.compute_tokens_per_s
-    per_micro, per_step = (b / (bus_gbs(sc) * GB) for b in collective_bytes(sc))
-    bubble = (accum + sc.pp - 1.0) / accum
-    micro_steps = accum * overlapped(compute, per_micro) * bubble
-    hidden = 0.67 * compute  # the step's collectives start during the last backward pass
-    return micro_steps + max(0.0, per_step - hidden) + 0.1 * min(per_step, hidden)
-
-
-def set_batch(sc, target_step_s, min_accum=1, max_global=None):
-    """Micro-batch by memory, accumulation by the step time wanted, updates 0.3-1 s apart;
-    the throughput reached is what the step time allows."""
-    sc.micro_batch = best_micro_batch(sc.model, sc.method, sc.strategy, sc.gpu, sc.gpus,
-                                      sc.tp, sc.pp, sc.seq_len)
-    if sc.micro_batch == 0:
-        raise ScenarioError("%s does not fit at sequence length %d" % (
-            sc.model.name, sc.seq_len))
-
-    def micro_seconds(micro):
-        return step_seconds_for(sc, micro, 1) / sc.pp
-
-    while sc.micro_batch > 1 and \
-            micro_seconds(sc.micro_batch) * min_accum > target_step_s:
-        sc.micro_batch //= 2
-    # Long steps are shown micro-step by micro-step: keep each one under a second.
-    while sc.micro_batch > 1 and target_step_s > UPDATE_SECONDS[1] and \
-            micro_seconds(sc.micro_batch) > 0.8:
-        sc.micro_batch //= 2
-    accum = max(min_accum, 1)
-    while accum < 4096 and step_seconds_for(sc, sc.micro_batch, accum + 1) <= target_step_s:
-        accum += 1
-    if abs(step_seconds_for(sc, sc.micro_batch, accum + 1) - target_step_s) < \
-            abs(step_seconds_for(sc, sc.micro_batch, accum) - target_step_s):
-        accum += 1
-    if max_global is not None and sc.micro_batch * accum * sc.dp > max_global:
-        # Fine-tuning batches stay in the tens to hundreds of sequences, however fast.
-        while sc.micro_batch > 1 and sc.micro_batch * sc.dp > max_global:
-            sc.micro_batch //= 2
-        accum = max(1, max_global // (sc.micro_batch * sc.dp))
-    sc.grad_accum = accum
-    sc.global_batch = sc.micro_batch * sc.grad_accum * sc.dp
-    sc.cluster_tokens_per_s = int(round(
-        sc.tokens_per_step / step_seconds_for(sc, sc.micro_batch, sc.grad_accum)))
-    sc.memory_gib = memory_gib(sc.model, sc.method, sc.strategy, sc.gpus, sc.tp, sc.pp,
-                               sc.micro_batch, sc.seq_len)
-    sc.log_every = max(1, int(math.ceil(UPDATE_SECONDS[0] / sc.step_seconds)))
-    sc.micro_updates = 1
-    if sc.step_seconds > UPDATE_SECONDS[1]:
-        sc.micro_updates = min(sc.grad_accum, int(math.ceil(sc.step_seconds / 0.8)))
-
-
-def fixed_phase_seconds(segments):
-    """Expected seconds of everything but training: init and export, and after each segment
-    its validation, checkpoint and the gap that follows."""
-    return (math.fsum(INIT_SECONDS) + math.fsum(EXPORT_SECONDS)) / 2 + segments * (
-        (math.fsum(VALIDATION_SECONDS + CHECKPOINT_SECONDS + PHASE_GAP_SECONDS)) / 2)
-
-
-def segment_target(rng, segments):
-    """Seconds of training per segment so that the whole run lands inside RUN_SECONDS."""
-    fixed = fixed_phase_seconds(segments)
-    lo = max(SEGMENT_SECONDS[0], (RUN_SECONDS[0] - fixed) / segments)
-    hi = min(SEGMENT_SECONDS[1], (RUN_SECONDS[1] - fixed) / segments)
-    return rng.uniform(lo, max(lo, hi))
-
-
-def epochs_for(epoch_s, wanted):
-    """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both)."""
-    def fits(epochs):
-        return RUN_SECONDS[0] <= fixed_phase_seconds(epochs) + epochs * epoch_s <= \
-            RUN_SECONDS[1]
-    if fits(wanted):
-        return wanted
-    return 3 if fits(3) or epoch_s < 45 else 2
-
-
-def epoch_seconds(sc, dataset, examples):
-    """Seconds for one epoch over `examples` of the dataset, packed to the sequence length."""
-    steps = examples * dataset.tokens_per_example // sc.seq_len // sc.global_batch
-    return steps * sc.step_seconds
-
-
-def plan_finetune(rng, sc, funny):
-    """Epochs over an instruction set; a subset when the set is too big for 30-60 s epochs,
-    or the last stretch of a long fine-tune when one step is too slow for that."""
-    sc.loss_curve = "sft"
-    sc.instruction_set = True
-    sc.peak_lr = rng.choice([1e-5, 2e-5, 2e-5]) if sc.method == "full" else \
-        rng.choice([1e-4, 2e-4])
-    sc.min_lr = 0.0
-    sc.schedule = rng.choice(["cosine", "cosine", "linear"])
-    seq_len = min(2048, sc.model.context)
-    set_throughput(sc, seq_len)
-    while seq_len > 512 and sc.dp * seq_len / float(sc.cluster_tokens_per_s) > 0.45:
-        seq_len //= 2
-        set_throughput(sc, seq_len)
-    set_batch(sc, rng.uniform(0.35, 0.9), max_global=max(sc.dp, MAX_FINETUNE_BATCH))
-    sc.epochs = rng.choice([2, 3, 3])
-    target_s = segment_target(rng, sc.epochs)
-    pool = FUNNY_DATASETS if funny(0.15) else SFT_DATASETS
-    usable = [d for d in pool if epoch_seconds(sc, d, d.examples) >= SEGMENT_SECONDS[0]]
-    sc.dataset = rng.choice(usable or [max(pool, key=lambda d: d.examples *
-                                           d.tokens_per_example)])
-    sc.examples = sc.dataset.examples
-    if epoch_seconds(sc, sc.dataset, sc.examples) > SEGMENT_SECONDS[1]:
-        steps = max(1, int(round(target_s / sc.step_seconds)))
-        tokens = (steps * sc.global_batch + 1) * sc.seq_len
-        sc.examples = min(sc.examples,
-                          int(math.ceil(tokens / float(sc.dataset.tokens_per_example))))
-    set_epoch_steps(sc)
-    sc.epochs = epochs_for(sc.steps_per_epoch * sc.step_seconds, sc.epochs)
-    set_epoch_steps(sc)
-    sc.val_samples = max(64, sc.dataset.examples // 50)
-    sc.loss_start = rng.uniform(1.5, 2.5)
-    sc.loss_plateau = rng.uniform(1.0, 1.4)
-    sc.loss_tau = rng.uniform(6, 15) * max(1.0, sc.steps_per_epoch / 60.0)
-    sc.epoch_drop = rng.uniform(0.10, 0.22)
-    sc.noise = min(0.05, 0.03 * math.sqrt(1e6 / sc.tokens_per_step))
-    sc.grad_norm_start = rng.uniform(1.5, 3.0) if sc.method == "full" else rng.uniform(0.8, 2)
-    sc.grad_norm_end = rng.uniform(0.3, 0.9)
-    if sc.steps_per_epoch >= 12 and epoch_seconds(sc, sc.dataset, sc.examples) <= \
-            SEGMENT_SECONDS[1] * 1.05:
-        sc.first_step = 1
-        sc.eval_every = sc.steps_per_epoch
-        sc.segment_count = sc.epochs
-        sc.resumed_seconds = 0.0
-        return
-    # One step is too slow for whole epochs in a minute: show the end of a long fine-tune.
-    sc.examples = sc.dataset.examples
-    set_epoch_steps(sc)
-    plan_final_stretch(rng, sc)
-
-
-def set_epoch_steps(sc):
-    """Packed sequences, steps per epoch and the whole job's steps (HF's arithmetic: warmup
-    is 3% of them) for the examples used, the batch and the number of epochs."""
-    sc.packed_samples = sc.examples * sc.dataset.tokens_per_example // sc.seq_len
-    sc.steps_per_epoch = max(1, sc.packed_samples // sc.global_batch)
-    sc.total_steps = sc.steps_per_epoch * sc.epochs
-    sc.warmup_steps = int(math.ceil(0.03 * sc.total_steps))
-    sc.last_step = sc.total_steps
-
-
-def plan_final_stretch(rng, sc):
-    """The session is the last 2-3 evaluation intervals of a job resumed from a checkpoint."""
-    sc.segment_count = rng.choice([2, 3])
-    target_s = segment_target(rng, sc.segment_count)
-    # Whole steps per segment, enough to fill the shortest one; steps of 20 s and more
-    # (the largest models) come two to a segment, in two segments.
-    fewest = int(math.ceil(SEGMENT_SECONDS[0] / sc.step_seconds))
-    if sc.step_seconds > 20.0:
-        fewest = 2 if sc.step_seconds <= 45.0 else 1
-        # Two minute-and-a-half steps already fill the show: then one step, one segment.
-        sc.segment_count = 2 if sc.step_seconds <= 90.0 else 1
-    sc.eval_every = max(fewest, int(target_s / sc.step_seconds))
-    session = min(sc.total_steps - 1, sc.eval_every * sc.segment_count)
-    sc.eval_every = max(1, session // sc.segment_count)
-    if sc.epochs == 1:
-        # Pretraining saves when iteration % save_interval == 0, the last iteration too:
-        # the job's length is a whole number of intervals and the resume follows a save.
-        sc.total_steps = sc.steps_per_epoch = sc.last_step = \
-            sc.total_steps // sc.eval_every * sc.eval_every
-    sc.first_step = sc.last_step - sc.eval_every * sc.segment_count + 1
-    # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
-    sc.resumed_seconds = (sc.first_step - 1) * sc.step_seconds * rng.uniform(1.03, 1.08)
-
-
-def plan_pretraining(rng, sc):
-    """A pretraining job: small models from scratch, big ones resumed near the end."""
-    model = sc.model
-    sc.loss_curve = "pretrain"
-    sc.instruction_set = False
-    sc.dataset = rng.choice(PRETRAIN_DATASETS)
-    sc.epochs = 1
-    sc.schedule = "cosine"
-    sc.peak_lr = model.lr
-    sc.min_lr = model.lr / 10.0
-    set_throughput(sc, pretraining_seq_len(model))
-    # The batch is the job's; on a cluster too small for it, fewer tokens per step.
-    target_tokens = min(pretraining_batch_tokens(model), 8.0 * sc.cluster_tokens_per_s)
-    set_batch(sc, target_tokens / sc.cluster_tokens_per_s,
-              min_accum=4 * sc.pp if sc.pp > 1 else 1)
-    sc.noise = min(0.05, 0.036 * math.sqrt(1.6e6 / sc.tokens_per_step))
-    vocab_excess = 0.25 * math.log(model.vocab / 32000.0)
-    sc.loss_floor = 1.69 + 406.4 / model.active ** 0.34 + vocab_excess
-    sc.loss_scale = 410.7
-    if model.params < 3e9 and sc.gpus <= 64:
-        # A from-scratch speedrun: the whole job is this session.
-        sc.loss_curve = "fresh"
-        sc.segment_count = rng.choice([2, 3])
-        target_s = segment_target(rng, sc.segment_count)
-        sc.eval_every = max(1, int(round(target_s / sc.step_seconds)))
-        sc.total_steps = sc.eval_every * sc.segment_count
-        sc.steps_per_epoch = sc.total_steps
-        sc.warmup_steps = max(1, int(math.ceil(0.05 * sc.total_steps)))
-        sc.first_step = 1
-        sc.last_step = sc.total_steps
-        sc.resumed_seconds = 0.0
-        sc.loss_start = math.log(model.vocab) + rng.uniform(0.1, 1.0)
-        sc.loss_floor = rng.uniform(3.3, 4.2)
-        sc.loss_tokens_half = sc.total_steps * sc.tokens_per_step / 8.0
-        sc.grad_norm_start = rng.uniform(10, 30)
-        sc.grad_norm_end = rng.uniform(0.4, 1.0)
-    else:
-        tokens_per_param = rng.uniform(20, 150)
-        job_tokens = min(sc.dataset.tokens_per_example, tokens_per_param * model.params)
-        sc.total_steps = max(2000, int(job_tokens // sc.tokens_per_step))
-        sc.steps_per_epoch = sc.total_steps
-        sc.warmup_steps = 2000
-        sc.last_step = sc.total_steps
-        plan_final_stretch(rng, sc)
-        sc.grad_norm_start = rng.uniform(0.25, 0.5)
-        sc.grad_norm_end = sc.grad_norm_start
-    sc.val_samples = 0
-
-
-def checkpoint_root(rng, sc, funny):
-    """Where checkpoints go: a sensible run directory, or a silly one under --humor."""
-    if funny(0.2):
-        return rng.choice(FUNNY_CHECKPOINT_DIRS)
-    slug = "%s-%s" % (sc.model.name.lower(), sc.dataset.name.split("/")[-1].lower())
-    suffix = {"full": "sft", "lora": "lora", "qlora": "qlora", "pretrain": "pretrain"}
-    return "checkpoints/%s-%s" % (slug, suffix[sc.method])
-
-
-def host_names(rng, sc):
-    """Node host names, stable for the whole run."""
-    prefix = rng.choice(["node", "gpu", "hgx", "dgx", "compute"])
-    first = rng.randint(1, 40) * 8
-    width = 3 if sc.nodes < 1000 else 4
-    names = ["%s%0*d" % (prefix, width, first + i) for i in range(sc.nodes)]
-    return names
 
 
 def loss_at(sc, step, noise_rng):
@@ -1131,7 +810,7 @@ def validation_size(sc):
 
 def trainable_params(sc):
     """Parameters the optimizer updates: the adapters for LoRA/QLoRA, else all of them."""
-    if sc.method in ("lora", "qlora"):
+    if sc.method in ADAPTER_METHODS:
         return lora_params(sc.model, LORA_RANK[sc.method])
     return sc.model.params
 
@@ -1154,7 +833,7 @@ def safetensors_shards(nbytes):
 
 def export_files(sc):
     """File names of the export, as transformers/PEFT name them."""
-    if sc.method in ("lora", "qlora"):
+    if sc.adapters:
         return ["adapter_model.safetensors"]
     shards = safetensors_shards(export_bytes(sc))
     if shards == 1:
@@ -1162,24 +841,686 @@ def export_files(sc):
     return ["model-%05d-of-%05d.safetensors" % (i, shards) for i in range(1, shards + 1)]
 
 
+def export_writers(sc):
+    """Ranks that write the export's shards in parallel: one shard file each at most."""
+    return max(1, min(len(export_files(sc)), sc.gpus))
+
+
+def loading_gib(sc):
+    """Memory per GPU while the weights stream in (a fifth of the state, plus runtime)."""
+    state = state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora" else sc.method,
+                                sc.strategy, sc.gpus, sc.tp, sc.pp)
+    return state / GIB * 0.2 + RUNTIME_OVERHEAD_GIB
+
+
+def optimizer_gib(sc):
+    """Optimizer state per GPU, allocated at the first optimizer step."""
+    if sc.adapters:
+        return 12.0 * trainable_params(sc) / GIB
+    full = state_bytes_per_gpu(sc.model, sc.method, sc.strategy, sc.gpus, sc.tp, sc.pp)
+    return full * 0.75 / GIB
+
+
+# --- the network: collectives against the interconnect's bandwidth ------------------------
+
+def bus_gbs(job):
+    """Bus bandwidth (GB/s) one GPU sustains in a ring collective on this cluster."""
+    table = INTER_NODE_BUS_GBS if job.nodes > 1 else INTRA_NODE_BUS_GBS
+    return table[job.gpu.key]
+
+
+def collective_bytes(job):
+    """Bytes each GPU moves in collectives: (per micro-step, per optimizer step)."""
+    if job.gpus == 1:
+        return 0.0, 0.0
+    n = float(job.model.params)
+    ring = (job.gpus - 1.0) / job.gpus
+    if job.method == "pretrain":
+        # Distributed optimizer: reduce-scatter the gradients, all-gather the parameters.
+        return 0.0, 4.0 * n / (job.tp * job.pp) * (job.dp - 1.0) / job.dp
+    if job.method in ADAPTER_METHODS:
+        adapters = 2.0 * lora_params(job.model, LORA_RANK[job.method])
+        base = (2.0 if job.method == "lora" else 0.56) * n
+        # FSDP gathers the frozen base for forward and backward of every micro-batch.
+        per_micro = 2 * base * ring if job.strategy.startswith("FSDP") else 0.0
+        return per_micro, 2 * adapters * ring
+    if job.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+        # All-gather for forward, again for backward, reduce-scatter of the gradients.
+        return 3 * 2 * n * ring, 0.0
+    return 0.0, 2 * 2 * n * ring  # DDP and ZeRO-2: one all-reduce of the gradients
+
+
+def overlapped(compute, comm):
+    """Time for compute and communication that overlap, but never perfectly."""
+    return max(compute, comm) + 0.1 * min(compute, comm)
+
+
+def step_seconds_for(job, compute, micro, accum):
+    """One optimizer step: micro-steps (compute against their collectives), the pipeline
+    bubble of accum micro-batches through pp stages, then what is left of the step's own
+    collectives after they overlap the last backward pass."""
+    seconds = micro * job.dp * compute.seq_len / compute.compute_tokens_per_s
+    per_micro, per_step = (b / (bus_gbs(job) * GB) for b in collective_bytes(job))
+    bubble = (accum + job.pp - 1.0) / accum
+    micro_steps = accum * overlapped(seconds, per_micro) * bubble
+    hidden = 0.67 * seconds  # the step's collectives start during the last backward pass
+    return micro_steps + max(0.0, per_step - hidden) + 0.1 * min(per_step, hidden)
+
+
+def collective_ops(sc):
+    """The collectives a strategy issues while training (drawn from, weighted by count)."""
+    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+        return ["AllGather", "AllGather", "ReduceScatter"]
+    if sc.strategy.startswith(("DeepSpeed ZeRO-2", "Megatron")):
+        return ["ReduceScatter", "AllGather", "AllReduce"]
+    return ["AllReduce"]  # DDP and single-node data parallel: gradients only
+
+
+def node_address(sc, node):
+    """A node's address on the cluster network, stable for the run."""
+    return "10.%d.%d.%d" % (sc.identity.subnet + (11 + node,))
+
+
+def master_address(sc):
+    """The rendezvous host (node 0) and its address."""
+    return sc.hosts[0], node_address(sc, 0)
+
+
+#: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
+IB_TIMEOUT = 18
+IB_RETRY_CNT = 7
+
+
+def ib_fabric(sc):
+    """Whether inter-node traffic goes over InfiniBand (eight-GPU servers with one HCA each)."""
+    return sc.nodes > 1 and sc.per_node == 8
+
+
+def ib_ack_seconds():
+    """The HCA's local ACK timeout: 4.096 us x 2^NCCL_IB_TIMEOUT."""
+    return 4.096e-6 * 2 ** IB_TIMEOUT
+
+
+def ib_retransmits(stall_s):
+    """Retransmissions that fit in a stall: one per ACK timeout that ran out."""
+    return max(1, min(IB_RETRY_CNT, int(stall_s / ib_ack_seconds())))
+
+
+def ib_peer(sc, rank):
+    """The address of the next node's HCA, the peer a rank's ring sends to."""
+    return node_address(sc, (rank // sc.per_node + 1) % sc.nodes)
+
+
+# --- the timeline: seconds of each phase -------------------------------------------------
+
+def training_seconds(segments, events):
+    """Planned length of the training loop: steps, event stalls, validation, checkpoints."""
+    total = 0.0
+    for seg in segments:
+        total += (math.fsum(u[2] for u in seg.updates) + seg.validation_s + seg.checkpoint_s
+                  + seg.gap_s)
+    return total + math.fsum(e.extra_s for e in events)
+
+
+def run_seconds(timeline, events):
+    """Planned length of the whole run at --speed 1 (a scenario is its own timeline)."""
+    return (timeline.init_s + timeline.start_gap_s
+            + training_seconds(timeline.segments, events) + timeline.export_s + 1.0)
+
+
+def update_seconds(sc):
+    """Seconds between two progress updates of this scenario."""
+    if sc.micro_updates > 1:
+        return sc.step_seconds / sc.micro_updates
+    return sc.step_seconds * sc.log_every
+
+
 # ==========================================================================================
-# Run state, drawn values and line formatting
+# Drawing a scenario: what the user left open is drawn; planners hand back their fields
 # ==========================================================================================
 
-#: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
-#: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
-#: tag means the text already is the whole line (the summary box, every framework style).
-Line = collections.namedtuple("Line", "text kind tag")
+#: What the user fixed on the command line (None where the draw is free).
+Request = collections.namedtuple("Request", "model_name gpus gpu_key humor")
+
+#: The job on its cluster, before any plan: what every planner reads.
+Job = collections.namedtuple(
+    "Job", "seed gpu gpus nodes per_node model method strategy tp pp dp precision mfu")
+
+#: Throughput the cluster's compute reaches at a sequence length.
+Compute = collections.namedtuple("Compute", "seq_len flops_per_token compute_tokens_per_s")
 
 
-def line(text, kind="info", tag=""):
-    return Line(text, kind, tag)
+class Batch(collections.namedtuple("Batch", Compute._fields + (
+        "micro_batch", "grad_accum", "global_batch", "cluster_tokens_per_s", "memory_gib",
+        "log_every", "micro_updates"))):
+    """The batch planned for a job; it reads its step as the scenario it becomes does."""
+    __slots__ = ()
+    tokens_per_step = Scenario.tokens_per_step
+    step_seconds = Scenario.step_seconds
 
 
-class RunState(object):
-    """What the run shows right now; phases update it, renderers only read it."""
+Schedule = collections.namedtuple(
+    "Schedule", "peak_lr min_lr schedule epochs steps_per_epoch total_steps warmup_steps")
+Data = collections.namedtuple(
+    "Data", "dataset examples packed_samples instruction_set val_samples")
+LossCurve = collections.namedtuple(
+    "LossCurve", "loss_curve loss_start loss_plateau loss_tau epoch_drop loss_floor "
+                 "loss_coefficient loss_tokens_half noise grad_norm_start grad_norm_end")
+Session = collections.namedtuple(
+    "Session", "first_step eval_every segment_count resumed_seconds")
+#: A whole plan of a job: the parts above, filled into the scenario in this order.
+Plan = collections.namedtuple("Plan", "batch schedule data loss session")
 
-    def __init__(self, sc):
+Story = collections.namedtuple("Story", "checkpoint_root events")
+#: A rare event: its kind, the step it happens at, a spike's size, the seconds it stalls.
+Event = collections.namedtuple("Event", "kind step size extra_s")
+Timeline = collections.namedtuple(
+    "Timeline", "init_s start_gap_s first_step_extra_s export_s segments")
+#: One stretch of training up to an evaluation: its progress updates as (step, micro-step
+#: or 0, seconds), then the seconds of the validation, the checkpoint and the gap after it.
+Segment = collections.namedtuple(
+    "Segment", "index epoch first_step last_step updates validation_s checkpoint_s gap_s")
+Names = collections.namedtuple("Names", "hosts master_port identity")
+
+#: The share of the GPU's MFU band a method's software stack reaches: the band is what tuned
+#: pretraining reaches; fine-tuning stacks reach less.
+METHOD_MFU = {"pretrain": 1.0, "full": 0.8, "lora": 0.65, "qlora": 0.5}
+
+
+def humor_of(rng, humor):
+    """A coin for funny names: never (off), always (max), or at the odds asked (some)."""
+    def funny(probability):
+        return humor == "max" or (humor == "some" and rng.random() < probability)
+    return funny
+
+
+def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some"):
+    """Draw one whole run from the seed. Raises ScenarioError for impossible requests.
+
+    What the user left open is redrawn until updates come at most a second apart; what
+    the user fixed is honoured even when its steps are slower than that."""
+    rng = random_stream(seed, "scenario")
+    request = Request(model_name, gpus, gpu_key, humor)
+    forced = model_name is not None and gpus is not None and gpu_key is not None
+    failure = None
+    closest = None
+    for _ in range(16):
+        try:
+            sc = draw_scenario(rng, seed, request)
+        except ScenarioError as error:
+            failure = error
+            continue
+        if forced or plausible(sc):
+            return too_slow_checked(sc)
+        # Failing that, the draw whose run is nearest the 2-4 minutes of the show.
+        length = run_seconds(sc, sc.events)
+        miss = max(0.0, 120.0 - length, length - 240.0)
+        if closest is None or miss < closest[0]:
+            closest = (miss, sc)
+    if closest is None:
+        raise failure
+    return too_slow_checked(closest[1])
+
+
+def too_slow_checked(sc):
+    """The scenario, unless even one optimizer step is too long for a 5-minute run."""
+    if run_seconds(sc, sc.events) > RUN_HARD_LIMIT_SECONDS:
+        raise ScenarioError("%s on %d x %s: one optimizer step takes %.0f s, too long to "
+                            "show in a run of at most %d minutes; use more or faster GPUs" % (
+                                sc.model.name, sc.gpus, sc.gpu.name, sc.step_seconds,
+                                RUN_HARD_LIMIT_SECONDS // 60))
+    return sc
+
+
+def plausible(sc):
+    """What an engineer would run, and what fits the show: updates at most a second apart,
+    a batch big enough that collectives cost no more than a third of the compute rate,
+    segments of 30-60 s and a run of 2-4 minutes."""
+    training = [math.fsum(update[2] for update in seg.updates) for seg in sc.segments]
+    return (update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9
+            and sc.cluster_tokens_per_s >= 0.67 * sc.compute_tokens_per_s
+            and min(training) >= SEGMENT_SECONDS[0] * 0.9
+            and 120.0 <= run_seconds(sc, sc.events) <= 240.0)
+
+
+def draw_scenario(rng, seed, request):
+    """One draw of GPU, cluster, model, method, data and schedule; may be impossible."""
+    funny = humor_of(rng, request.humor)
+    gpu, model, gpus, pretrain = draw_request(rng, request, funny)
+    job = draw_job(rng, seed, gpu, model, gpus, pretrain, request.gpus is not None)
+    if job.method == "pretrain":
+        plan = plan_pretraining(rng, job)
+    else:
+        plan = plan_finetune(rng, job, funny)
+        if (plan.session.eval_every * plan.batch.step_seconds < SEGMENT_SECONDS[0] * 0.9
+                and model.params < 3e9):
+            # A small model on this cluster finishes any instruction set in seconds: what
+            # such a cluster runs for minutes is a pretraining speedrun.
+            job = draw_job(rng, seed, gpu, model, job.gpus, True, True)
+            plan = (plan_pretraining(rng, job) if job.method == "pretrain"
+                    else plan_finetune(rng, job, funny))
+    sc = Scenario()
+    for part in (job,) + plan:
+        sc.fill(part)
+    sc.fill(Story(checkpoint_root(rng, sc, funny), plan_events(rng, sc)))
+    sc.fill(plan_timeline(rng, sc))
+    sc.fill(name_cluster(rng, sc))
+    return sc
+
+
+def draw_request(rng, request, funny):
+    """(GPU, model, GPU count, pretraining?): what the user fixed, the rest drawn."""
+    gpu = GPUS[request.gpu_key] if request.gpu_key else rng.choice(
+        [GPUS[k] for k in ("h100", "h100", "h100", "a100", "a100", "h200", "b200", "a100-40g",
+                           "mi300x")])
+    if request.model_name:
+        model = find_model(request.model_name)
+    elif funny(0.12):
+        model = find_model(rng.choice(FUNNY_MODEL_NAMES))
+    else:
+        model = rng.choice(MODELS)
+    if request.gpus:
+        return gpu, model, request.gpus, request.gpus >= 256
+    # The largest models only train honestly at scale: the tail of a pretraining job.
+    pretrain = model.params > 100e9 or rng.random() < 0.2
+    gpus = pretraining_gpus(model, gpu) if pretrain else rng.choice(DEFAULT_GPU_CHOICES)
+    return gpu, model, gpus, pretrain
+
+
+def draw_job(rng, seed, gpu, model, gpus, pretrain, fixed_gpus):
+    """Method, strategy and parallel layout under which the model fits (a cluster the user
+    left open grows until it does), the precision and the MFU reached."""
+    picked = pick_method(rng, model, gpu, gpus, pretrain)
+    if picked is None and not fixed_gpus:
+        need = smallest_cluster(model, gpu, pretrain)
+        if need is None:
+            raise ScenarioError("%s fits on no %s cluster of up to %d GPUs" % (
+                model.name, gpu.name, MAX_GPUS))
+        gpus = max(gpus, need)
+        picked = pick_method(rng, model, gpu, gpus, pretrain)
+    if picked is None and pretrain:
+        pretrain = False
+        picked = pick_method(rng, model, gpu, gpus, pretrain)
+    if picked is None:
+        raise ScenarioError("%s does not fit on %d x %s, not even with QLoRA" % (
+            model.name, gpus, gpu.name))
+    method, strategy, (tp, pp) = picked
+    nodes, per_node = cluster_shape(gpus)
+    dp = gpus // (tp * pp)
+    if method == "pretrain":
+        strategy = "Megatron-LM (TP=%d, PP=%d, DP=%d), distributed optimizer" % (tp, pp, dp)
+    precision = "fp16" if gpu.key.startswith("a100") and rng.random() < 0.25 else "bf16"
+    mfu = rng.uniform(*gpu.mfu) * METHOD_MFU[method]
+    return Job(seed, gpu, gpus, nodes, per_node, model, method, strategy, tp, pp, dp,
+               precision, mfu)
+
+
+def compute_at(job, seq_len):
+    """Tokens per second the cluster computes at the drawn MFU, before any waiting on the
+    network (batch_for derives the throughput actually reached)."""
+    flops = flops_per_token(job.model, seq_len, job.method)
+    return Compute(seq_len, flops, job.mfu * job.gpu.peak_flops / flops * job.gpus)
+
+
+def batch_for(job, compute, target_step_s, min_accum=1, max_global=None):
+    """Micro-batch by memory, accumulation by the step time wanted, updates 0.3-1 s apart;
+    the throughput reached is what the step time allows."""
+    micro = best_micro_batch(job.model, job.method, job.strategy, job.gpu, job.gpus,
+                             job.tp, job.pp, compute.seq_len)
+    if micro == 0:
+        raise ScenarioError("%s does not fit at sequence length %d" % (
+            job.model.name, compute.seq_len))
+
+    def step_s(micro_batch, accum):
+        return step_seconds_for(job, compute, micro_batch, accum)
+
+    while micro > 1 and step_s(micro, 1) / job.pp * min_accum > target_step_s:
+        micro //= 2
+    # Long steps are shown micro-step by micro-step: keep each one under a second.
+    while micro > 1 and target_step_s > UPDATE_SECONDS[1] and step_s(micro, 1) / job.pp > 0.8:
+        micro //= 2
+    accum = max(min_accum, 1)
+    while accum < 4096 and step_s(micro, accum + 1) <= target_step_s:
+        accum += 1
+    if abs(step_s(micro, accum + 1) - target_step_s) < abs(step_s(micro, accum) - target_step_s):
+        accum += 1
+    if max_global is not None and micro * accum * job.dp > max_global:
+        # Fine-tuning batches stay in the tens to hundreds of sequences, however fast.
+        while micro > 1 and micro * job.dp > max_global:
+            micro //= 2
+        accum = max(1, max_global // (micro * job.dp))
+    global_batch = micro * accum * job.dp
+    batch = Batch(compute.seq_len, compute.flops_per_token, compute.compute_tokens_per_s,
+                  micro, accum, global_batch,
+                  int(round(global_batch * compute.seq_len / step_s(micro, accum))),
+                  memory_gib(job.model, job.method, job.strategy, job.gpus, job.tp, job.pp,
+                             micro, compute.seq_len), 1, 1)
+    step = batch.step_seconds
+    micro_updates = min(accum, int(math.ceil(step / 0.8))) if step > UPDATE_SECONDS[1] else 1
+    return batch._replace(log_every=max(1, int(math.ceil(UPDATE_SECONDS[0] / step))),
+                          micro_updates=micro_updates)
+
+
+def fixed_phase_seconds(segments):
+    """Expected seconds of everything but training: init and export, and after each segment
+    its validation, checkpoint and the gap that follows."""
+    return (math.fsum(INIT_SECONDS) + math.fsum(EXPORT_SECONDS)) / 2 + segments * (
+        (math.fsum(VALIDATION_SECONDS + CHECKPOINT_SECONDS + PHASE_GAP_SECONDS)) / 2)
+
+
+def segment_target(rng, segments):
+    """Seconds of training per segment so that the whole run lands inside RUN_SECONDS."""
+    fixed = fixed_phase_seconds(segments)
+    lo = max(SEGMENT_SECONDS[0], (RUN_SECONDS[0] - fixed) / segments)
+    hi = min(SEGMENT_SECONDS[1], (RUN_SECONDS[1] - fixed) / segments)
+    return rng.uniform(lo, max(lo, hi))
+
+
+def epochs_for(epoch_s, wanted):
+    """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both)."""
+    def fits(epochs):
+        return (RUN_SECONDS[0] <= fixed_phase_seconds(epochs) + epochs * epoch_s
+                <= RUN_SECONDS[1])
+    if fits(wanted):
+        return wanted
+    return 3 if fits(3) or epoch_s < 45 else 2
+
+
+def epoch_seconds(batch, dataset, examples):
+    """Seconds for one epoch over `examples` of the dataset, packed to the sequence length."""
+    steps = examples * dataset.tokens_per_example // batch.seq_len // batch.global_batch
+    return steps * batch.step_seconds
+
+
+def epoch_steps(batch, dataset, examples, epochs):
+    """(packed sequences, steps per epoch, total steps, warmup steps) for `epochs` over
+    `examples`: HF Trainer's arithmetic, warmup 3% of the steps."""
+    packed = examples * dataset.tokens_per_example // batch.seq_len
+    per_epoch = max(1, packed // batch.global_batch)
+    total = per_epoch * epochs
+    return packed, per_epoch, total, int(math.ceil(0.03 * total))
+
+
+def finetune_compute(job):
+    """The longest sequence (2048 at most, 512 at least) that keeps a step's share of each
+    rank's tokens short enough for the show."""
+    seq_len = min(2048, job.model.context)
+    compute = compute_at(job, seq_len)
+    while seq_len > 512 and job.dp * seq_len / float(int(round(
+            compute.compute_tokens_per_s))) > 0.45:
+        seq_len //= 2
+        compute = compute_at(job, seq_len)
+    return compute
+
+
+def pick_instruction_set(rng, batch, target_s, funny):
+    """(dataset, examples used): a set whose epoch takes 30 s or more, cut to a subset
+    (max_train_samples) when an epoch over all of it would run past a minute."""
+    pool = FUNNY_DATASETS if funny(0.15) else SFT_DATASETS
+    usable = [d for d in pool if epoch_seconds(batch, d, d.examples) >= SEGMENT_SECONDS[0]]
+    dataset = rng.choice(usable or [max(pool, key=lambda d: d.examples *
+                                        d.tokens_per_example)])
+    examples = dataset.examples
+    if epoch_seconds(batch, dataset, examples) > SEGMENT_SECONDS[1]:
+        steps = max(1, int(round(target_s / batch.step_seconds)))
+        tokens = (steps * batch.global_batch + 1) * batch.seq_len
+        examples = min(examples, int(math.ceil(tokens / float(dataset.tokens_per_example))))
+    return dataset, examples
+
+
+def plan_finetune(rng, job, funny):
+    """Epochs over an instruction set; a subset when the set is too big for 30-60 s epochs,
+    or the last stretch of a long fine-tune when one step is too slow for that."""
+    peak_lr = rng.choice([1e-5, 2e-5, 2e-5]) if job.method == "full" else rng.choice(
+        [1e-4, 2e-4])
+    decay = rng.choice(["cosine", "cosine", "linear"])
+    batch = batch_for(job, finetune_compute(job), rng.uniform(0.35, 0.9),
+                      max_global=max(job.dp, MAX_FINETUNE_BATCH))
+    wanted_epochs = rng.choice([2, 3, 3])
+    dataset, examples = pick_instruction_set(rng, batch, segment_target(rng, wanted_epochs),
+                                             funny)
+    per_epoch = epoch_steps(batch, dataset, examples, wanted_epochs)[1]
+    epochs = epochs_for(per_epoch * batch.step_seconds, wanted_epochs)
+    packed, per_epoch, total, warmup = epoch_steps(batch, dataset, examples, epochs)
+    loss = LossCurve("sft", rng.uniform(1.5, 2.5), rng.uniform(1.0, 1.4),
+                     rng.uniform(6, 15) * max(1.0, per_epoch / 60.0), rng.uniform(0.10, 0.22),
+                     None, None, None, min(0.05, 0.03 * math.sqrt(1e6 / batch.tokens_per_step)),
+                     rng.uniform(1.5, 3.0) if job.method == "full" else rng.uniform(0.8, 2),
+                     rng.uniform(0.3, 0.9))
+    val_samples = max(64, dataset.examples // 50)
+    if per_epoch >= 12 and epoch_seconds(batch, dataset, examples) <= SEGMENT_SECONDS[1] * 1.05:
+        return Plan(batch, Schedule(peak_lr, 0.0, decay, epochs, per_epoch, total, warmup),
+                    Data(dataset, examples, packed, True, val_samples), loss,
+                    Session(1, per_epoch, epochs, 0.0))
+    # One step is too slow for whole epochs in a minute: show the end of a long fine-tune.
+    packed, per_epoch, total, warmup = epoch_steps(batch, dataset, dataset.examples, epochs)
+    schedule, session = plan_final_stretch(
+        rng, batch.step_seconds, Schedule(peak_lr, 0.0, decay, epochs, per_epoch, total, warmup))
+    return Plan(batch, schedule, Data(dataset, dataset.examples, packed, True, val_samples),
+                loss, session)
+
+
+def plan_final_stretch(rng, step_seconds, schedule):
+    """(schedule, session): the session is the last 2-3 evaluation intervals of a job resumed
+    from a checkpoint."""
+    segment_count = rng.choice([2, 3])
+    target_s = segment_target(rng, segment_count)
+    # Whole steps per segment, enough to fill the shortest one; steps of 20 s and more
+    # (the largest models) come two to a segment, in two segments.
+    fewest = int(math.ceil(SEGMENT_SECONDS[0] / step_seconds))
+    if step_seconds > 20.0:
+        fewest = 2 if step_seconds <= 45.0 else 1
+        # Two minute-and-a-half steps already fill the show: then one step, one segment.
+        segment_count = 2 if step_seconds <= 90.0 else 1
+    eval_every = max(fewest, int(target_s / step_seconds))
+    session = min(schedule.total_steps - 1, eval_every * segment_count)
+    eval_every = max(1, session // segment_count)
+    if schedule.epochs == 1:
+        # Pretraining saves when iteration % save_interval == 0, the last iteration too:
+        # the job's length is a whole number of intervals and the resume follows a save.
+        total = schedule.total_steps // eval_every * eval_every
+        schedule = schedule._replace(total_steps=total, steps_per_epoch=total)
+    first_step = schedule.total_steps - eval_every * segment_count + 1
+    # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
+    resumed_seconds = (first_step - 1) * step_seconds * rng.uniform(1.03, 1.08)
+    return schedule, Session(first_step, eval_every, segment_count, resumed_seconds)
+
+
+def plan_pretraining(rng, job):
+    """A pretraining job: small models from scratch, big ones resumed near the end."""
+    model = job.model
+    dataset = rng.choice(PRETRAIN_DATASETS)
+    compute = compute_at(job, pretraining_seq_len(model))
+    reached = int(round(compute.compute_tokens_per_s))
+    # The batch is the job's; on a cluster too small for it, fewer tokens per step.
+    target_tokens = min(pretraining_batch_tokens(model), 8.0 * reached)
+    batch = batch_for(job, compute, target_tokens / reached,
+                      min_accum=4 * job.pp if job.pp > 1 else 1)
+    noise = min(0.05, 0.036 * math.sqrt(1.6e6 / batch.tokens_per_step))
+    data = Data(dataset, 0, 0, False, 0)
+    if model.params < 3e9 and job.gpus <= 64:
+        # A from-scratch speedrun: the whole job is this session.
+        segment_count = rng.choice([2, 3])
+        eval_every = max(1, int(round(segment_target(rng, segment_count) / batch.step_seconds)))
+        total = eval_every * segment_count
+        schedule = Schedule(model.lr, model.lr / 10.0, "cosine", 1, total, total,
+                            max(1, int(math.ceil(0.05 * total))))
+        loss = LossCurve("fresh", math.log(model.vocab) + rng.uniform(0.1, 1.0), None, None,
+                         None, rng.uniform(3.3, 4.2), None,
+                         total * batch.tokens_per_step / 8.0, noise, rng.uniform(10, 30),
+                         rng.uniform(0.4, 1.0))
+        return Plan(batch, schedule, data, loss, Session(1, eval_every, segment_count, 0.0))
+    tokens_per_param = rng.uniform(20, 150)
+    job_tokens = min(dataset.tokens_per_example, tokens_per_param * model.params)
+    total = max(2000, int(job_tokens // batch.tokens_per_step))
+    schedule, session = plan_final_stretch(
+        rng, batch.step_seconds,
+        Schedule(model.lr, model.lr / 10.0, "cosine", 1, total, total, 2000))
+    grad_norm = rng.uniform(0.25, 0.5)
+    # Chinchilla's fit L = 1.69 + 406.4/N^0.34 + 410.7/D^0.28 (Hoffmann et al. 2022), its
+    # floor raised for vocabularies larger than the 32K it was fitted on.
+    floor = 1.69 + 406.4 / model.active ** 0.34 + 0.25 * math.log(model.vocab / 32000.0)
+    loss = LossCurve("pretrain", None, None, None, None, floor, 410.7, None, noise, grad_norm,
+                     grad_norm)
+    return Plan(batch, schedule, data, loss, session)
+
+
+def checkpoint_root(rng, sc, funny):
+    """Where checkpoints go: a sensible run directory, or a silly one under --humor."""
+    if funny(0.2):
+        return rng.choice(FUNNY_CHECKPOINT_DIRS)
+    slug = "%s-%s" % (sc.model.name.lower(), sc.dataset.name.split("/")[-1].lower())
+    suffix = {"full": "sft", "lora": "lora", "qlora": "qlora", "pretrain": "pretrain"}
+    return "checkpoints/%s-%s" % (slug, suffix[sc.method])
+
+
+def plan_events(rng, sc):
+    """Rare events for this run (each recovers and the run goes on), with the time they cost."""
+    kinds = ["spike", "nan"] + (["nccl"] if sc.gpus > 1 else [])
+    if sc.memory_gib > 0.8 * sc.gpu.capacity_gib:
+        kinds.append("oom")  # an allocation spike only runs out where memory is already tight
+    if sc.precision == "fp16":
+        kinds.append("overflow")
+    lo = sc.first_step + max(3, sc.session_steps // 8)
+    hi = sc.last_step - max(3, sc.session_steps // 8)
+    events = []
+    if sc.precision == "fp16" and not sc.resumed:
+        # Dynamic loss scaling overshoots a few times at the very start.
+        events += [Event("overflow", step, 0.0, 0.0) for step in (1, 2, 3)]
+    used = set()
+    for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
+        kind = rng.choice(kinds)
+        if kind in used or hi <= lo:
+            continue
+        used.add(kind)
+        step = rng.randint(lo, hi)
+        if kind == "spike":
+            events.append(Event(kind, step, rng.uniform(0.3, 0.9), 0.0))
+        elif kind == "oom":
+            events.append(Event(kind, step, 0.0,
+                                round(sc.step_seconds + rng.uniform(0.8, 1.6), 2)))
+        elif kind == "nccl":
+            events.append(Event(kind, step, 0.0, round(rng.uniform(1.5, 3.0), 2)))
+        else:
+            events.append(Event(kind, step, 0.0, 0.0))
+    events.sort(key=lambda e: e.step)
+    return events
+
+
+def segment_updates(sc, first, last, warmup_s=0.0):
+    """Display updates for steps first..last as (step, micro, seconds): 0.3-1 s apart; the
+    first one also carries warmup_s, the slow first iteration of a (re)started job."""
+    updates = []
+    if sc.micro_updates > 1:
+        for step in range(first, last + 1):
+            for micro in range(1, sc.micro_updates + 1):
+                updates.append((step, micro, sc.step_seconds / sc.micro_updates))
+    else:
+        step = first - 1
+        while step < last:
+            nxt = min(last, step + sc.log_every)
+            if last - nxt < sc.log_every:
+                nxt = last  # a short remainder joins the final update rather than stand alone
+            updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
+            step = nxt
+    step, micro, seconds = updates[0]
+    updates[0] = (step, micro, seconds + warmup_s)
+    return updates
+
+
+def plan_timeline(rng, sc):
+    """Durations of every phase, fixed up front so the ETA can be exact."""
+    init_s = rng.uniform(*INIT_SECONDS)
+    # torch.compile, CUDA graphs and NCCL's first collectives make the first step slow.
+    first_step_extra_s = rng.uniform(*FIRST_STEP_EXTRA_SECONDS)
+    segments = []
+    for index in range(sc.segment_count):
+        first = sc.first_step + index * sc.eval_every
+        last = min(sc.last_step, first + sc.eval_every - 1)
+        segments.append(Segment(index, sc.epoch_of(last), first, last,
+                                segment_updates(sc, first, last,
+                                                first_step_extra_s if index == 0 else 0),
+                                rng.uniform(*VALIDATION_SECONDS),
+                                rng.uniform(*CHECKPOINT_SECONDS),
+                                rng.uniform(*PHASE_GAP_SECONDS)))
+    export_s = rng.uniform(*EXPORT_SECONDS)
+    timeline = Timeline(init_s, rng.uniform(*PHASE_GAP_SECONDS), first_step_extra_s,
+                        export_s, segments)
+    # Whole epochs come in whole steps: lengthen the fixed phases if the run fell short.
+    short = SHORTEST_RUN_SECONDS - run_seconds(timeline, sc.events)
+    if short > 0:
+        timeline = timeline._replace(init_s=min(INIT_SECONDS[1], init_s + short / 3))
+        share = (SHORTEST_RUN_SECONDS - run_seconds(timeline, sc.events)) / len(segments)
+        timeline = timeline._replace(segments=[
+            seg._replace(validation_s=min(VALIDATION_SECONDS[1], seg.validation_s + share))
+            for seg in segments])
+    return timeline
+
+
+def name_cluster(rng, sc):
+    """Host names (stable for the run), the rendezvous port and the job's identity."""
+    prefix = rng.choice(["node", "gpu", "hgx", "dgx", "compute"])
+    first = rng.randint(1, 40) * 8
+    width = 3 if sc.nodes < 1000 else 4
+    hosts = ["%s%0*d" % (prefix, width, first + i) for i in range(sc.nodes)]
+    return Names(hosts, rng.choice([29500, 29500, 29400, 6000, 23456]),
+                 draw_identity(sc.seed))
+
+
+# ==========================================================================================
+# The plot: the run unfolding phase by phase, as a stream of (line, delay)
+#
+# The plot draws every value of the run once, updates RunState, and asks the run's voice
+# for the lines that word each moment. Delays are seconds of the run's clock; only the
+# driver waits them out, and the renderer stamps each line with the time it is shown.
+# ==========================================================================================
+
+#: fp16 dynamic loss scaling as a framework runs it: the scale a fresh job starts at, the
+#: overflows in a row it absorbs (hysteresis) before it halves the scale, and whether that
+#: allowance comes back after each halving.
+LossScaling = collections.namedtuple("LossScaling", "initial hysteresis refills")
+#: Apex amp: 2^16, halved on every overflow.
+APEX_LOSS_SCALING = LossScaling(65536.0, 1, False)
+#: DeepSpeed's DynamicLossScaler: initial_scale_power 16, hysteresis 2 (used up once).
+DEEPSPEED_LOSS_SCALING = LossScaling(65536.0, 2, False)
+#: Megatron-LM: 2^32, hysteresis 2, restored after each halving.
+MEGATRON_LOSS_SCALING = LossScaling(4294967296.0, 2, True)
+
+#: One overflow: the scale the step was attempted at, the hysteresis left, the scale after.
+ScaleChange = collections.namedtuple("ScaleChange", "attempted hysteresis scale")
+
+
+def initial_loss_scale(sc, rules):
+    """The scale a run starts at: the framework's initial scale, or for a resumed job the
+    settled power of two its checkpoint restores."""
+    if sc.resumed:
+        return 2.0 ** sc.identity.loss_scale_power
+    return rules.initial
+
+
+class LossScaler:
+    """The run's fp16 loss scale under one framework's rules; every overflow skips its step."""
+
+    def __init__(self, sc, rules):
+        self.rules = rules
+        self.scale = initial_loss_scale(sc, rules)
+        self.hysteresis = rules.hysteresis
+
+    def overflow(self):
+        attempted = self.scale
+        if self.hysteresis > 1:
+            self.hysteresis -= 1
+        else:
+            self.scale /= 2
+            if self.rules.refills:
+                self.hysteresis = self.rules.hysteresis
+        return ScaleChange(attempted, self.hysteresis, self.scale)
+
+
+class RunState:
+    """What the run shows right now: the plot updates it, renderers only read it."""
+
+    def __init__(self, sc, loss_scaling=APEX_LOSS_SCALING):
         self.sc = sc
         self.clock = 0.0
         self.phase = "init"
@@ -1194,7 +1535,6 @@ class RunState(object):
         self.mem_gib = 0.0
         self.load = 0.0
         self.heat = 0.0
-        self.style = "classic"
         self.train_start = None
         self.train_end = None
         self.loss_history = []
@@ -1202,10 +1542,7 @@ class RunState(object):
         self.tokens_trained = 0
         self.checkpoints = 0
         self.skipped = 0
-        # fp16: the scaler starts at 65536, or where the resumed checkpoint had it settled.
-        self.loss_scale = start_loss_scale(sc, 65536)
-        # Its own stream, so a style with more or fewer lines draws the same numbers.
-        self.pacing_rng = random.Random(sc.seed * 7919 + 18)
+        self.loss_scaler = LossScaler(sc, loss_scaling)
 
     @property
     def eta(self):
@@ -1233,15 +1570,349 @@ class RunState(object):
         self.load = load
         self.heat += (load - self.heat) * (1.0 - math.exp(-seconds / 8.0))
 
+    def record(self, obs):
+        """The figures of an optimizer update become the run's current ones."""
+        self.loss = obs.loss
+        if math.isnan(obs.loss):
+            self.loss_text = "nan"
+        else:
+            self.loss_text = "%.4f" % obs.loss
+            self.loss_history.append(float(self.loss_text))
+        self.grad_norm = obs.grad_norm
+        self.lr = obs.lr
+        self.tokens_per_s = obs.tokens_per_s
+
+
+#: One optimizer update (a group of steps when steps are short): its last step, how many
+#: steps it covers, the events in them, the loss, gradient norm, LR and tokens/s observed,
+#: the loss scale it ran at and the loss scaler's changes from its fp16 overflows.
+Observation = collections.namedtuple(
+    "Observation", "step done events loss grad_norm lr tokens_per_s loss_scale scale_changes")
+
+
+def observe(sc, step, done, warmup_s, scaler, rng):
+    """What an optimizer update shows: a NaN batch has a NaN loss, an overflowing one
+    infinite gradients; the first update of a session carries warmup_s of warm-up."""
+    events = [e for e in sc.events if step - done < e.step <= step]
+    kinds = set(e.kind for e in events)
+    loss = float("nan") if "nan" in kinds else loss_at(sc, step, rng)
+    grad_norm = grad_norm_at(sc, step, rng)
+    if "nan" in kinds:
+        grad_norm = float("nan")
+    elif "overflow" in kinds:
+        grad_norm = float("inf")  # fp16 overflow: the loss is fine, the scaled gradients not
+    tokens_per_s = (done * sc.tokens_per_step / (done * sc.step_seconds + warmup_s)
+                    * rng.uniform(0.992, 1.008))
+    loss_scale = scaler.scale
+    changes = [scaler.overflow() for event in events if event.kind == "overflow"]
+    return Observation(step, done, events, loss, grad_norm, lr_at(sc, step), tokens_per_s,
+                       loss_scale, changes)
+
+
+def skipped_in(events):
+    """How many of these events skipped their optimizer step."""
+    return sum(1 for event in events if event.kind in SKIPPING_EVENTS)
+
+
+#: A collective's measured timing (buckets is set when it is reported as gradient sync).
+Collective = collections.namedtuple("Collective", "op size_mb ms alg_gbs bus_gbs buckets")
+
+#: One validation pass: its size, the loss and the generation metrics of instruction sets.
+Validation = collections.namedtuple(
+    "Validation", "samples batches iters loss loss_text ppl bleu rouge runtime")
+
+#: One checkpoint write: bytes, shards, writers and the seconds it took.
+CheckpointWrite = collections.namedtuple(
+    "CheckpointWrite", "path model_bytes optim_bytes shards writers asynchronous seconds")
+
+
+def draw_collective(sc, rng):
+    """A collective's timing that agrees with the interconnect's bandwidth."""
+    achieved_gbs = bus_gbs(sc) * rng.uniform(0.9, 1.08)
+    op = rng.choice(collective_ops(sc))
+    if sc.adapters:
+        size_mb = max(1.0, 2.0 * trainable_params(sc) / 1e6)
+    else:
+        size_mb = rng.choice([128.0, 256.0, 512.0])
+    n = sc.gpus
+    factor = {"AllReduce": 2.0 * (n - 1) / n, "ReduceScatter": (n - 1.0) / n,
+              "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
+    alg_gbs = achieved_gbs / factor
+    ms = size_mb / 1e3 / alg_gbs * 1e3
+    buckets = rng.choice([12, 16, 24, 32]) if rng.random() < 0.3 else None
+    return Collective(op, size_mb, ms, alg_gbs, achieved_gbs, buckets)
+
+
+def draw_validation(sc, seg, rng):
+    """One validation pass after a segment: its loss, and BLEU/ROUGE-L on instruction sets."""
+    samples, batches, iters = validation_size(sc)
+    value = val_loss_at(sc, seg.last_step, rng)
+    loss_text = "%.4f" % value
+    bleu = rouge = None
+    if sc.instruction_set:
+        bleu = max(5.0, 48.0 - 18.0 * float(loss_text)) + rng.uniform(-1, 1)
+        rouge = max(0.2, 0.72 - 0.2 * float(loss_text)) + rng.uniform(-0.01, 0.01)
+    return Validation(samples, batches, iters, value, loss_text, math.exp(float(loss_text)),
+                      bleu, rouge, seg.validation_s * 0.9)
+
+
+def draw_checkpoint_write(sc, seg, rng):
+    """A sharded checkpoint's bytes, writers and the seconds the write takes: aimed at
+    60-90% of the phase, staged asynchronously beyond ~8 GB/s a node."""
+    model_bytes, optim_bytes = checkpoint_bytes(sc)
+    total = model_bytes + optim_bytes
+    sharded = sc.method == "pretrain" or sc.strategy.startswith(("FSDP", "DeepSpeed"))
+    shards = sc.gpus if sharded else 1
+    writers = sc.nodes if sharded else 1
+    per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
+    asynchronous = per_node_gbs > 8.0
+    if asynchronous:
+        # Device-to-host copies over PCIe: Gen4 on A100 systems, Gen5 on the newer ones.
+        pcie_gbs = 20.0 if sc.gpu.key.startswith("a100") else 40.0
+        staged_gbs = min(per_node_gbs, pcie_gbs * rng.uniform(0.85, 1.0) * sc.per_node)
+        seconds = total / GB / writers / staged_gbs
+    else:
+        per_node_gbs = max(per_node_gbs, 0.05)
+        seconds = total / GB / writers / per_node_gbs
+    return CheckpointWrite(checkpoint_path(sc, seg.last_step, seg.epoch), model_bytes,
+                           optim_bytes, shards, writers, asynchronous, seconds)
+
+
+def checkpoint_path(sc, step, epoch):
+    """A run's checkpoint directory for a step, named as the framework would."""
+    if sc.method == "pretrain":
+        return "%s/iter_%07d" % (sc.checkpoint_dir(epoch), step)
+    return "%s/checkpoint-%d" % (sc.checkpoint_dir(epoch), step)
+
 
 def paced(lines, seconds, pacing_rng):
-    """Spread `seconds` over lines with bursts and pauses: most lines come quickly.
-    Its own random stream, so a style with more or fewer lines draws the same numbers."""
+    """Spread `seconds` over lines with bursts and pauses: most lines come quickly."""
     weights = [pacing_rng.choice([0.2, 0.3, 0.5, 1.0, 1.0, 2.5]) for _ in lines]
     total = math.fsum(weights)
     for item, weight in zip(lines, weights):
         yield item, seconds * weight / total
 
+
+def at_once(lines):
+    """Lines that come together, without a pause."""
+    for item in lines:
+        yield item, 0.0
+
+
+class Plot:
+    """One run from start-up to summary, told by `voice`: iterate lines() for the whole
+    stream of (line or None, delay); `state` is what it shows at each moment."""
+
+    def __init__(self, sc, voice):
+        self.sc = sc
+        self.voice = voice
+        self.state = RunState(sc, voice.loss_scaling)
+        self.rng = random_stream(sc.seed, "plot")
+        # Its own stream, so a style with more or fewer lines draws the same numbers.
+        self.pacing = random_stream(sc.seed, "pacing")
+
+    def lines(self):
+        yield from self.start()
+        for seg in self.sc.segments:
+            yield from self.train(seg)
+            yield from self.validate(seg)
+            yield from self.save(seg)
+        yield from self.finish()
+
+    def start(self):
+        """Distributed start-up, model, tokenizer, data and configuration; ready to train."""
+        sc, state, voice = self.sc, self.state, self.voice
+        startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
+        lines = startup + voice.setup_lines()
+        for index, (item, delay) in enumerate(paced(lines, sc.init_s, self.pacing)):
+            if index == len(startup):
+                state.mem_gib = loading_gib(sc)
+            state.warm_towards(0.05, delay)
+            yield item, delay
+        state.mem_gib = sc.memory_gib if sc.resumed else sc.memory_gib - optimizer_gib(sc)
+        ready = voice.ready_lines()
+        yield from at_once(ready[:-1])
+        yield (ready[-1] if ready else None), sc.start_gap_s
+
+    def train(self, seg):
+        """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
+        sc, state = self.sc, self.state
+        state.phase = "train"
+        if seg.index == 0:
+            state.train_start = state.clock
+            state.train_end = state.clock + training_seconds(sc.segments, sc.events)
+        yield from self.epoch_start(seg)
+        next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
+        next_nccl = state.clock + NCCL_EVERY_SECONDS * self.rng.uniform(0.4, 1.0)
+        for step, micro, seconds in seg.updates:
+            yield None, seconds
+            state.warm_towards(1.0, seconds)
+            if micro not in (0, sc.micro_updates):
+                yield from self.micro_step(micro)
+                continue
+            yield from self.update(step)
+            if state.clock >= next_nccl and sc.gpus > 1:
+                next_nccl = state.clock + NCCL_EVERY_SECONDS * self.rng.uniform(0.7, 1.3)
+                yield from at_once(self.voice.collective_lines(draw_collective(sc, self.rng)))
+            if state.clock >= next_grid:
+                next_grid = state.clock + GRID_EVERY_SECONDS
+                yield from at_once(self.voice.grid_lines(state))
+
+    def epoch_start(self, seg):
+        """An epoch that begins with this segment, or the one a resumed session picks up."""
+        sc, state = self.sc, self.state
+        epoch = sc.epoch_of(seg.first_step)
+        if seg.first_step == (epoch - 1) * sc.steps_per_epoch + 1 or seg.index == 0:
+            state.epoch = epoch
+            yield from at_once(self.voice.epoch_lines(state, seg.first_step))
+
+    def micro_step(self, micro):
+        """A gradient-accumulation micro-step inside a long optimizer step."""
+        self.state.micro = micro
+        if self.state.loss is not None:  # nothing to report before the first optimizer step
+            yield from at_once(self.voice.micro_lines(self.state))
+
+    def update(self, step):
+        """An optimizer update ending at `step` (a group of steps when they are short)."""
+        sc, state = self.sc, self.state
+        done = step - state.step
+        state.micro = 0
+        state.step = step
+        state.epoch = sc.epoch_of(step)
+        state.tokens_trained += done * sc.tokens_per_step
+        if step - done + 1 == 1:
+            state.mem_gib = sc.memory_gib  # optimizer states appear at the first step
+        # The session's first step carries the warm-up of a (re)started job.
+        warmup_s = sc.first_step_extra_s if step - done + 1 == sc.first_step else 0.0
+        obs = observe(sc, step, done, warmup_s, state.loss_scaler, self.rng)
+        state.record(obs)
+        yield from at_once(self.voice.update_lines(state, obs))
+        changes = iter(obs.scale_changes)
+        for event in obs.events:
+            yield from self.event(event, next(changes) if event.kind == "overflow" else None)
+
+    def event(self, event, change):
+        """One rare event: its effect on the run, its lines, and the time it costs. What the
+        voice is handed: the loss scaler's change for an overflow, (GiB in use, GiB asked
+        for) for an OOM, the peer's ephemeral port for a stalled collective."""
+        sc, state, rng = self.sc, self.state, self.rng
+        rank = rng.randint(0, sc.gpus - 1)
+        drawn = change
+        if event.kind in SKIPPING_EVENTS:
+            state.skipped += 1
+        if event.kind == "oom":
+            # A long batch asks for more than the little left free.
+            free = rng.uniform(0.3, 1.6)
+            drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
+        elif event.kind == "nccl":
+            drawn = 32768 + rng.randint(20000, 99999) % 28232  # Linux's 32768-60999
+        before, after = self.voice.event_lines(state, event, rank, drawn)
+        yield from at_once(before)
+        if event.extra_s:
+            yield None, event.extra_s
+        yield from at_once(after)
+
+    def validate(self, seg):
+        """Validation after a segment; the line marked "val_loss" puts it on the chart."""
+        state = self.state
+        state.phase = "val"
+        val = draw_validation(self.sc, seg, self.rng)
+
+        def shown(mark):
+            if mark == "val_loss":
+                state.val_history.append((len(state.loss_history), float(val.loss_text)))
+        yield from self.phase_lines(self.voice.validation_lines(state, seg, val),
+                                    seg.validation_s, 0.85, shown)
+
+    def save(self, seg):
+        """A checkpoint after validation; it counts once its line marked "saved" is shown."""
+        state = self.state
+        state.phase = "ckpt"
+        ckpt = draw_checkpoint_write(self.sc, seg, self.rng)
+
+        def shown(mark):
+            if mark == "saved":
+                state.checkpoints += 1
+        yield from self.phase_lines(self.voice.checkpoint_lines(state, seg, ckpt),
+                                    seg.checkpoint_s, 0.3, shown)
+        yield None, seg.gap_s
+
+    def finish(self):
+        """The export (or the framework's ending), then the summary."""
+        sc, state = self.sc, self.state
+        state.phase = "export"
+        lines = self.voice.export_lines(state)
+        state.train_end = state.clock
+        yield from self.phase_lines(lines, sc.export_s, 0.0)
+        state.phase = "done"
+        yield from at_once(self.voice.summary_lines(state))
+
+    def phase_lines(self, lines, seconds, load, shown=None):
+        """Lines spread over `seconds` while the GPUs work at `load`; shown(mark) as each
+        marked line is shown."""
+        for item, delay in paced(lines, seconds, self.pacing):
+            self.state.warm_towards(load, delay)
+            if item.mark and shown:
+                shown(item.mark)
+            yield item, delay
+
+
+# ==========================================================================================
+# Lines and their formatting: what voices build lines from
+# ==========================================================================================
+
+#: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
+#: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
+#: tag means the text already is the whole line (the summary box, every framework style).
+#: mark: what the line means to the run ("val_loss", "saved"), or None.
+Line = collections.namedtuple("Line", "text kind tag mark")
+
+
+def line(text, kind="info", tag="", mark=None):
+    return Line(text, kind, tag, mark)
+
+
+#: The level name Python's logging prints for a line of each kind.
+LOG_LEVELS = {"warn": "WARNING", "error": "ERROR"}
+
+
+def log_level(kind):
+    return LOG_LEVELS.get(kind, "INFO")
+
+
+# --- time slots: framework lines carry their own timestamp, filled in when shown -----------
+
+#: A slot in a line's text that stamp() replaces with the local time (see time_text).
+TIME_SLOT = "\x00%s\x00"
+TIME_SLOT_RE = re.compile("\x00([a-z]+)\x00")
+
+
+def slot(kind):
+    return TIME_SLOT % kind
+
+
+def time_text(kind, now):
+    """Local time as a framework prints it: Python logging, glog, Megatron or nvidia-smi."""
+    local = time.localtime(now)
+    millis = int(now * 1000) % 1000
+    if kind == "logging":
+        return time.strftime("%Y-%m-%d %H:%M:%S", local) + ",%03d" % millis
+    if kind == "glog":
+        return time.strftime("%m%d %H:%M:%S", local) + ".%06d" % (millis * 1000)
+    if kind == "smi":
+        return time.strftime("%a %b %d %H:%M:%S %Y", local)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local)
+
+
+def stamp(item, now):
+    """The line with its time slots filled in with `now`; lines without slots unchanged."""
+    if "\x00" not in item.text:
+        return item
+    return item._replace(text=TIME_SLOT_RE.sub(lambda m: time_text(m.group(1), now),
+                                               item.text))
+
+
+# --- numbers, sizes and durations ---------------------------------------------------------
 
 def fmt_int(value):
     return "{:,}".format(int(value))
@@ -1280,29 +1951,37 @@ def software_stack(sc):
             "runtime": "CUDA"}
 
 
-def node_address(sc, node):
-    """A node's address on the cluster network, stable for the run."""
-    return "10.%d.%d.%d" % (sc.seed % 7 + 1, sc.seed % 200, 11 + node)
+def method_title(sc):
+    """The method without its hyper-parameters: 'LoRA', 'Full fine-tune'."""
+    return METHOD_TITLES[sc.method].split(" (")[0]
 
 
-def master_address(sc):
-    """The rendezvous host (node 0) and its address."""
-    return sc.hosts[0], node_address(sc, 0)
+def writers_text(sc, writers):
+    """`16 ranks on 2 nodes in parallel`, or `rank 0` when one process writes it all."""
+    if writers == 1:
+        return "rank 0"
+    nodes = int(math.ceil(writers / float(sc.per_node)))
+    return "%d ranks on %s in parallel" % (writers, plural(nodes, "node"))
 
 
-def loading_gib(sc):
-    """Memory per GPU while the weights stream in (a fifth of the state, plus runtime)."""
-    return state_bytes_per_gpu(sc.model, "lora" if sc.method == "qlora" else sc.method,
-                               sc.strategy, sc.gpus, sc.tp, sc.pp) / GIB * 0.2 + \
-        RUNTIME_OVERHEAD_GIB
+# --- bars, the progress line, the GPU grid and the summary box ----------------------------
+
+def meter(fraction, width, glyphs):
+    """#####----- in `width` cells, with a partial cell where the glyph set has them."""
+    fraction = max(0.0, min(1.0, fraction))
+    cells = fraction * width
+    full = int(cells)
+    partials = glyphs["partial"]
+    rest = ""
+    if full < width:
+        index = int((cells - full) * len(partials))
+        rest = partials[index] if index else glyphs["empty"]
+    return glyphs["full"] * full + rest + glyphs["empty"] * (width - full - len(rest))
 
 
-def optimizer_gib(sc):
-    """Optimizer state per GPU, allocated at the first optimizer step."""
-    if sc.method in ("lora", "qlora"):
-        return 12.0 * trainable_params(sc) / GIB
-    full = state_bytes_per_gpu(sc.model, sc.method, sc.strategy, sc.gpus, sc.tp, sc.pp)
-    return full * 0.75 / GIB
+def bar(fraction, width, glyphs):
+    """[#####-----] with partial cells where the glyph set has them."""
+    return "[" + meter(fraction, width, glyphs) + "]"
 
 
 def progress_text(state, glyphs):
@@ -1337,24 +2016,6 @@ def progress_text(state, glyphs):
     return " | ".join(fields)
 
 
-def meter(fraction, width, glyphs):
-    """#####----- in `width` cells, with a partial cell where the glyph set has them."""
-    fraction = max(0.0, min(1.0, fraction))
-    cells = fraction * width
-    full = int(cells)
-    partials = glyphs["partial"]
-    rest = ""
-    if full < width:
-        index = int((cells - full) * len(partials))
-        rest = partials[index] if index else glyphs["empty"]
-    return glyphs["full"] * full + rest + glyphs["empty"] * (width - full - len(rest))
-
-
-def bar(fraction, width, glyphs):
-    """[#####-----] with partial cells where the glyph set has them."""
-    return "[" + meter(fraction, width, glyphs) + "]"
-
-
 def unit_noise(*keys):
     """A repeatable number in [0, 1) from integer keys: a small integer hash, no state, so
     any GPU's reading can be computed on its own, in any order."""
@@ -1379,10 +2040,10 @@ def gpu_reading(sc, state, index):
     util = 0.0
     if state.load:
         util = 100 * state.load - (1 if jitter < -0.3 else 0)
-    power = sc.gpu.idle_watts + (sc.gpu.power_cap * 0.9 - sc.gpu.idle_watts) * state.load * \
-        (0.97 + 0.05 * jitter) + 12 * gpu_offset + 8 * node_offset
-    return max(0, min(100, int(round(util)))), int(round(temp)), \
-        int(round(min(sc.gpu.power_cap, power)))
+    power = (sc.gpu.idle_watts + (sc.gpu.power_cap * 0.9 - sc.gpu.idle_watts) * state.load
+             * (0.97 + 0.05 * jitter) + 12 * gpu_offset + 8 * node_offset)
+    return (max(0, min(100, int(round(util)))), int(round(temp)),
+            int(round(min(sc.gpu.power_cap, power))))
 
 
 def gpu_grid_lines(sc, state):
@@ -1412,20 +2073,7 @@ def gpu_grid_lines(sc, state):
     return lines
 
 
-def checkpoint_path(sc, step, epoch):
-    """A run's checkpoint directory for a step, named as the framework would."""
-    root = sc.checkpoint_root.format(epoch=epoch)
-    if sc.method == "pretrain":
-        return "%s/iter_%07d" % (root, step)
-    return "%s/checkpoint-%d" % (root, step)
-
-
-def method_title(sc):
-    """The method without its hyper-parameters: 'LoRA', 'Full fine-tune'."""
-    return METHOD_TITLES[sc.method].split(" (")[0]
-
-
-def summary_lines(sc, state, glyphs):
+def summary_box(sc, state, glyphs):
     """The closing box; every figure is the one already shown."""
     final_loss = state.loss_text
     rows = [
@@ -1457,148 +2105,90 @@ def summary_lines(sc, state, glyphs):
     return out
 
 
-# --- values drawn once per event; every voice formats the same values ----------------------
-
-#: A collective's measured timing (buckets is set when it is reported as gradient sync).
-Collective = collections.namedtuple("Collective", "op size_mb ms alg_gbs bus_gbs buckets")
-
-#: One validation pass: its size, the loss and the generation metrics of instruction sets.
-Validation = collections.namedtuple(
-    "Validation", "samples batches iters loss loss_text ppl bleu rouge runtime")
-
-#: One checkpoint write: bytes, shards, writers and the seconds it took.
-CheckpointWrite = collections.namedtuple(
-    "CheckpointWrite", "path model_bytes optim_bytes shards writers asynchronous seconds")
-
-
-def collective_ops(sc):
-    """The collectives a strategy issues while training (drawn from, weighted by count)."""
-    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
-        return ["AllGather", "AllGather", "ReduceScatter"]
-    if sc.strategy.startswith(("DeepSpeed ZeRO-2", "Megatron")):
-        return ["ReduceScatter", "AllGather", "AllReduce"]
-    return ["AllReduce"]  # DDP and single-node data parallel: gradients only
-
-
-def draw_collective(sc, rng):
-    """A collective's timing that agrees with the interconnect's bandwidth."""
-    achieved_gbs = bus_gbs(sc) * rng.uniform(0.9, 1.08)
-    op = rng.choice(collective_ops(sc))
-    if sc.method in ("lora", "qlora"):
-        size_mb = max(1.0, 2.0 * trainable_params(sc) / 1e6)
-    else:
-        size_mb = rng.choice([128.0, 256.0, 512.0])
-    n = sc.gpus
-    factor = {"AllReduce": 2.0 * (n - 1) / n, "ReduceScatter": (n - 1.0) / n,
-              "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
-    alg_gbs = achieved_gbs / factor
-    ms = size_mb / 1e3 / alg_gbs * 1e3
-    buckets = rng.choice([12, 16, 24, 32]) if rng.random() < 0.3 else None
-    return Collective(op, size_mb, ms, alg_gbs, achieved_gbs, buckets)
-
-
-# --- time slots: framework lines carry their own timestamp, filled in when shown -----------
-
-#: A slot in a line's text that stamp() replaces with the local time in one of TIME_FORMATS.
-TIME_SLOT = "\x00%s\x00"
-TIME_SLOT_RE = re.compile("\x00([a-z]+)\x00")
-
-
-def slot(kind):
-    return TIME_SLOT % kind
-
-
-def time_text(kind, now):
-    """Local time as a framework prints it: Python logging, glog, Megatron or nvidia-smi."""
-    local = time.localtime(now)
-    millis = int(now * 1000) % 1000
-    if kind == "logging":
-        return time.strftime("%Y-%m-%d %H:%M:%S", local) + ",%03d" % millis
-    if kind == "glog":
-        return time.strftime("%m%d %H:%M:%S", local) + ".%06d" % (millis * 1000)
-    if kind == "smi":
-        return time.strftime("%a %b %d %H:%M:%S %Y", local)
-    return time.strftime("%Y-%m-%d %H:%M:%S", local)
-
-
-def stamp(item, now=None):
-    """The line with its time slots filled in; lines without slots come back unchanged."""
-    if item is None or "\x00" not in item.text:
-        return item
-    now = time.time() if now is None else now
-    return item._replace(text=TIME_SLOT_RE.sub(lambda m: time_text(m.group(1), now),
-                                               item.text))
-
-
-def start_loss_scale(sc, initial):
-    """The fp16 loss scale the run starts with: the framework's initial scale, or for a
-    resumed job the settled power of two (2^14-2^17) its checkpoint restores."""
-    if sc.first_step > 1:
-        return 2.0 ** (14 + sc.seed % 4)
-    return float(initial)
-
-
-def export_writers(sc):
-    """Ranks that write the export's shards in parallel: one shard file each at most."""
-    return max(1, min(len(export_files(sc)), sc.gpus))
-
-
-def writers_text(sc, writers):
-    """`16 ranks on 2 nodes in parallel`, or `rank 0` when one process writes it all."""
-    if writers == 1:
-        return "rank 0"
-    nodes = int(math.ceil(writers / float(sc.per_node)))
-    return "%d ranks on %d node%s in parallel" % (writers, nodes, "" if nodes == 1 else "s")
-
-
-#: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
-IB_TIMEOUT = 18
-IB_RETRY_CNT = 7
-
-
-def ib_fabric(sc):
-    """Whether inter-node traffic goes over InfiniBand (eight-GPU servers with one HCA each)."""
-    return sc.nodes > 1 and sc.per_node == 8
-
-
-def ib_ack_seconds():
-    """The HCA's local ACK timeout: 4.096 us x 2^NCCL_IB_TIMEOUT."""
-    return 4.096e-6 * 2 ** IB_TIMEOUT
-
-
-def ib_retransmits(stall_s):
-    """Retransmissions that fit in a stall: one per ACK timeout that ran out."""
-    return max(1, min(IB_RETRY_CNT, int(stall_s / ib_ack_seconds())))
-
-
-def ib_peer(sc, rank):
-    """The address of the next node's HCA, the peer a rank's ring sends to."""
-    return node_address(sc, (rank // sc.per_node + 1) % sc.nodes)
-
-
 # ==========================================================================================
 # Voices: the same run in each framework's words
 #
-# Phases draw every value once and hand it to the run's voice, which only formats. A voice
-# returns Lines. Classic lines carry a tag and get the plain log's `[time] [TAG] ` prefix;
-# framework lines carry their framework's own prefix in the text and an empty tag, which
-# tells the plain renderer to print the text as it is. Their timestamps are time slots,
-# filled in by stamp() as each line is shown.
+# The plot draws every value once and hands it to the run's voice, which only words it. A
+# voice returns Lines. Classic lines carry a tag and get the plain log's `[time] [TAG] `
+# prefix; framework lines carry their framework's own prefix in the text and an empty tag,
+# which tells the plain renderer to print the text as it is. Their timestamps are time
+# slots, filled in by stamp() as each line is shown.
 # ==========================================================================================
 
-class ClassicVoice(object):
+class Voice:
+    """The hooks a voice answers, each with the lines for one moment of the run (a hook a
+    voice does not answer prints nothing). Values come drawn; a voice keeps only what its
+    framework's logger itself would keep between lines.
+
+    startup_lines(), setup_lines(), ready_lines()   start-up, model and data, ready to train
+    epoch_lines(state, first_step)    an epoch begins, or a resumed session picks one up
+    micro_lines(state)                a gradient-accumulation micro-step of a long step
+    update_lines(state, obs)          an optimizer update (an Observation)
+    collective_lines(coll), grid_lines(state)   a timed collective (a Collective), the GPUs
+    event_lines(state, event, rank, drawn)      (lines before, lines after) a rare event's
+                                      stall; drawn is what the plot drew for it
+    validation_lines(state, seg, val) a validation (a Validation); marks one line "val_loss"
+    checkpoint_lines(state, seg, ckpt)          a checkpoint (a CheckpointWrite); marks the
+                                      line at which it is saved "saved"
+    export_lines(state), summary_lines(state)   the end of the run
+    """
+
+    name = None
+    #: Training methods this framework can run; the others are told in another voice.
+    methods = ("full", "lora", "qlora", "pretrain")
+    #: How this framework's fp16 loss scaler behaves.
+    loss_scaling = APEX_LOSS_SCALING
+
+    def __init__(self, sc, glyphs, notice=None):
+        self.sc = sc
+        self.glyphs = glyphs
+        #: A line saying why the run is told in this voice and not the one asked for.
+        self.notice = notice
+
+    def startup_lines(self):
+        return []
+
+    def setup_lines(self):
+        return []
+
+    def ready_lines(self):
+        return []
+
+    def epoch_lines(self, state, first_step):
+        return []
+
+    def micro_lines(self, state):
+        return []
+
+    def update_lines(self, state, obs):
+        return []
+
+    def collective_lines(self, coll):
+        return []
+
+    def grid_lines(self, state):
+        return []
+
+    def event_lines(self, state, event, rank, drawn):
+        return [], []
+
+    def validation_lines(self, state, seg, val):
+        return []
+
+    def checkpoint_lines(self, state, seg, ckpt):
+        return []
+
+    def export_lines(self, state):
+        return []
+
+    def summary_lines(self, state):
+        return []
+
+
+class ClassicVoice(Voice):
     """llmtrain's own dialect: tagged lines, one progress line per update."""
 
     name = "classic"
-    #: Bars are drawn with the renderer's glyphs; make_voice() sets the run's own.
-    glyphs = UNICODE_GLYPHS
-    #: Training methods this framework can run; the others are told in another voice.
-    methods = ("full", "lora", "qlora", "pretrain")
-    #: A line saying why the run is told in this voice and not the one asked for, or None.
-    notice = None
-
-    def __init__(self, sc):
-        self.sc = sc
 
     # --- init -----------------------------------------------------------------------
     def startup_lines(self):
@@ -1608,9 +2198,8 @@ class ClassicVoice(object):
         stack = software_stack(sc)
         host, address = master_address(sc)
         coll = stack["collective"]
-        found = line("Found %d %s GPU%s across %d node%s" % (
-            sc.gpus, sc.gpu.name, "" if sc.gpus == 1 else "s", sc.nodes,
-            "" if sc.nodes == 1 else "s"), "good", tag)
+        found = line("Found %s across %s" % (plural(sc.gpus, sc.gpu.name + " GPU"),
+                                             plural(sc.nodes, "node")), "good", tag)
         if sc.gpus == 1:
             # One GPU needs no process group: no rendezvous, no collectives.
             lines = [line("Single-process training on cuda:0 (torch %s, no process group)" % (
@@ -1619,9 +2208,9 @@ class ClassicVoice(object):
             lines = [
                 line("Initializing distributed environment (torchrun, rdzv_backend=c10d, "
                      "torch %s)" % stack["torch"], "phase", tag),
-                line("%s backend: %s version %s+%s%s, %d GPUs across %d node%s" % (
+                line("%s backend: %s version %s+%s%s, %d GPUs across %s" % (
                     coll, coll, stack["nccl"], stack["runtime"].lower(), stack["cuda"],
-                    sc.gpus, sc.nodes, "" if sc.nodes == 1 else "s"), tag=tag),
+                    sc.gpus, plural(sc.nodes, "node")), tag=tag),
                 line("Master node: %s (%s), port %d, world size %d" % (
                     host, address, sc.master_port, sc.gpus), tag=tag),
                 line("%s algorithm: %s, %d channels, %s" % (
@@ -1639,6 +2228,9 @@ class ClassicVoice(object):
 
     def setup_lines(self):
         """Model, tokenizer, data and configuration; the first line loads the weights."""
+        return self.model_lines() + self.data_lines() + self.training_lines()
+
+    def model_lines(self):
         sc = self.sc
         tag = "INIT"
         model = sc.model
@@ -1651,33 +2243,40 @@ class ClassicVoice(object):
                 fmt_int(model.params), "" if model.active == model.params else
                 " (%s active)" % fmt_int(model.active)), tag=tag),
         ]
-        if sc.method in ("lora", "qlora"):
+        if sc.adapters:
             adapters = trainable_params(sc)
             lines.append(line("Trainable parameters: %s (%.2f%% of %s)" % (
                 fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
                 tag=tag))
         lines.append(line("Tokenizer: %s, vocab size %s" % (
             model.tokenizer, fmt_int(model.vocab)), tag=tag))
-        if sc.loss_curve == "sft":
-            lines.append(line("Dataset: %s (%s examples)" % (
-                sc.dataset.name, fmt_int(sc.dataset.examples)), tag=tag))
-            if sc.examples < sc.dataset.examples:
-                lines.append(line("Using a subset: max_train_samples=%s" % fmt_int(sc.examples),
-                                  tag=tag))
-            lines.append(line("Packed %s examples into %s sequences of %s tokens" % (
-                fmt_int(sc.examples), fmt_int(sc.packed_samples), fmt_int(sc.seq_len)),
-                tag=tag))
-        else:
-            lines.append(line("Dataset: %s (%s tokens)" % (
-                sc.dataset.name, "%.1fT" % (sc.dataset.tokens_per_example / 1e12)
-                if sc.dataset.tokens_per_example >= 1e12 else
-                "%dB" % (sc.dataset.tokens_per_example / 1e9)), tag=tag))
-        lines += [
+        return lines
+
+    def data_lines(self):
+        sc = self.sc
+        tag = "INIT"
+        if sc.loss_curve != "sft":
+            tokens = sc.dataset.tokens_per_example
+            return [line("Dataset: %s (%s tokens)" % (
+                sc.dataset.name, "%.1fT" % (tokens / 1e12) if tokens >= 1e12 else
+                "%dB" % (tokens / 1e9)), tag=tag)]
+        lines = [line("Dataset: %s (%s examples)" % (sc.dataset.name,
+                                                     fmt_int(sc.dataset.examples)), tag=tag)]
+        if sc.examples < sc.dataset.examples:
+            lines.append(line("Using a subset: max_train_samples=%s" % fmt_int(sc.examples),
+                              tag=tag))
+        lines.append(line("Packed %s examples into %s sequences of %s tokens" % (
+            fmt_int(sc.examples), fmt_int(sc.packed_samples), fmt_int(sc.seq_len)), tag=tag))
+        return lines
+
+    def training_lines(self):
+        sc = self.sc
+        tag = "INIT"
+        lines = [
             line("Batch: %s (global), %d (per GPU)" % (fmt_int(sc.global_batch),
                                                        sc.micro_batch), tag=tag),
-            line("Gradient accumulation: %d step%s, %s tokens per optimizer step" % (
-                sc.grad_accum, "" if sc.grad_accum == 1 else "s", fmt_int(sc.tokens_per_step)),
-                tag=tag),
+            line("Gradient accumulation: %s, %s tokens per optimizer step" % (
+                plural(sc.grad_accum, "step"), fmt_int(sc.tokens_per_step)), tag=tag),
             line("Sequence length: %d" % sc.seq_len, tag=tag),
             line("Optimizer: AdamW, peak LR %.1e, warmup %s steps, %s decay to %s" % (
                 sc.peak_lr, fmt_int(sc.warmup_steps), sc.schedule,
@@ -1688,7 +2287,7 @@ class ClassicVoice(object):
         if sc.eval_every != sc.steps_per_epoch:
             lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
                               tag=tag))
-        lines += [
+        return lines + [
             line("Mixed precision: %s%s" % (sc.precision, self.scaling_text()), tag=tag),
             line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
@@ -1696,16 +2295,15 @@ class ClassicVoice(object):
                 fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
                 100.0 * sc.mfu_reached), tag=tag),
         ]
-        return lines
 
     def scaling_text(self):
         sc = self.sc
         if sc.precision != "fp16":
             return ""
-        if sc.first_step > 1:
-            return " (dynamic loss scaling, scale %d restored from the checkpoint)" % \
-                start_loss_scale(sc, 65536)
-        return " (dynamic loss scaling, initial scale 65536)"
+        scale = initial_loss_scale(sc, self.loss_scaling)
+        if sc.resumed:
+            return " (dynamic loss scaling, scale %d restored from the checkpoint)" % scale
+        return " (dynamic loss scaling, initial scale %d)" % scale
 
     def ready_lines(self):
         return [line("Ready to train!", "good", "INIT")]
@@ -1728,8 +2326,7 @@ class ClassicVoice(object):
         """A gradient-accumulation micro-step inside a long optimizer step."""
         return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
 
-    def update_lines(self, state, done, step_events):
-        """An update: `done` optimizer steps finished, the last one being state.step."""
+    def update_lines(self, state, obs):
         return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
 
     def collective_lines(self, coll):
@@ -1746,8 +2343,6 @@ class ClassicVoice(object):
         return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state)]
 
     def event_lines(self, state, event, rank, drawn):
-        """(lines before the event's stall, lines after it). `drawn` is the event's own draw:
-        memory in use for an OOM, the peer's port for an NCCL timeout."""
         sc = self.sc
         tag = "TRAIN"
         if event.kind == "spike":
@@ -1762,20 +2357,25 @@ class ClassicVoice(object):
                          "warn", tag)], []
         if event.kind == "overflow":
             return [line("Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale "
-                         "to %.1f" % state.loss_scale, "warn", "AMP")], []
+                         "to %.1f" % drawn.scale, "warn", "AMP")], []
         if event.kind == "oom":
-            capacity = sc.gpu.capacity_gib
-            in_use, tried = drawn
-            return [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f "
-                         "GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is "
-                         "free." % (tried, rank % sc.per_node, capacity, capacity - in_use),
-                         "error", "rank%d" % rank),
-                    line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
-                         "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
-                         tag)], \
-                [line("Step %s recovered after %.1fs" % (fmt_int(event.step), event.extra_s),
-                      "good", tag)]
+            return self.oom_lines(event, rank, drawn)
         return self.stall_lines(event, rank, drawn)
+
+    def oom_lines(self, event, rank, drawn):
+        """An allocation that does not fit; the step is retried with a split micro-batch."""
+        sc = self.sc
+        capacity = sc.gpu.capacity_gib
+        in_use, tried = drawn
+        before = [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f "
+                       "GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is "
+                       "free." % (tried, rank % sc.per_node, capacity, capacity - in_use),
+                       "error", "rank%d" % rank),
+                  line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
+                       "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
+                       "TRAIN")]
+        return before, [line("Step %s recovered after %.1fs" % (
+            fmt_int(event.step), event.extra_s), "good", "TRAIN")]
 
     def stall_lines(self, event, rank, drawn):
         """A slow collective that recovers: the stall shown is the pause the run takes."""
@@ -1783,33 +2383,31 @@ class ClassicVoice(object):
         name = software_stack(sc)["collective"]
         host = sc.hosts[rank // sc.per_node]
         if ib_fabric(sc):
-            before = "%s WARN NET/IB : rank %d (%s) got no ACK from peer %s<%d>; the HCA " \
-                "retransmits after its local ACK timeout (NCCL_IB_TIMEOUT=%d, %.2f s; " \
-                "NCCL_IB_RETRY_CNT=%d)" % (name, rank, host, ib_peer(sc, rank), drawn,
-                                           IB_TIMEOUT, ib_ack_seconds(), IB_RETRY_CNT)
-            retransmits = ib_retransmits(event.extra_s)
-            cause = "%d IB retransmission%s of %d allowed" % (
-                retransmits, "" if retransmits == 1 else "s", IB_RETRY_CNT)
+            before = ("%s WARN NET/IB : rank %d (%s) got no ACK from peer %s<%d>; the HCA "
+                      "retransmits after its local ACK timeout (NCCL_IB_TIMEOUT=%d, %.2f s; "
+                      "NCCL_IB_RETRY_CNT=%d)" % (name, rank, host, ib_peer(sc, rank), drawn,
+                                                 IB_TIMEOUT, ib_ack_seconds(), IB_RETRY_CNT))
+            cause = "%s of %d allowed" % (plural(ib_retransmits(event.extra_s),
+                                                 "IB retransmission"), IB_RETRY_CNT)
         else:
-            before = "%s AllReduce is waiting on rank %d (%s): the other %d ranks have " \
-                "joined, it has not" % (name, rank, host, sc.gpus - 1)
+            before = ("%s AllReduce is waiting on rank %d (%s): the other %d ranks have "
+                      "joined, it has not" % (name, rank, host, sc.gpus - 1))
             cause = "straggler: rank %d's data loader waited on storage" % rank
-        return [line(before, "warn", name)], \
-            [line("AllReduce completed after a %.2f s stall (%s); training continues" % (
-                event.extra_s, cause), "good", name)]
+        after = "AllReduce completed after a %.2f s stall (%s); training continues" % (
+            event.extra_s, cause)
+        return [line(before, "warn", name)], [line(after, "good", name)]
 
     # --- validation, checkpoints, export, summary -----------------------------------
     def validation_lines(self, state, seg, val):
-        """(lines, index of the line that reports the loss)."""
         sc = self.sc
         tag = "EVAL"
         if val.iters is None:
-            header = "Running validation: %s samples, %d batch%s of %d" % (
-                fmt_int(val.samples), val.batches, "" if val.batches == 1 else "es",
+            header = "Running validation: %s samples, %s of %d" % (
+                fmt_int(val.samples), plural(val.batches, "batch", "es"),
                 sc.micro_batch * sc.dp)
         else:
-            header = "Running validation: %s samples (%d eval iteration%s of %s)" % (
-                fmt_int(val.samples), val.iters, "" if val.iters == 1 else "s",
+            header = "Running validation: %s samples (%s of %s)" % (
+                fmt_int(val.samples), plural(val.iters, "eval iteration"),
                 fmt_int(sc.global_batch))
         lines = [line(header, "phase", tag)]
         for quarter in (1, 2, 3, 4):
@@ -1817,48 +2415,46 @@ class ClassicVoice(object):
                 25 * quarter, fmt_int(val.samples * quarter // 4), fmt_int(val.samples)),
                 "info", tag))
         lines.append(line("Val Loss: %s  |  Val PPL: %.2f  |  Accuracy: %.1f%%" % (
-            val.loss_text, val.ppl, 100 * token_accuracy(float(val.loss_text))), "good", tag))
+            val.loss_text, val.ppl, 100 * token_accuracy(float(val.loss_text))), "good", tag,
+            "val_loss"))
         if val.bleu is not None:
             lines.append(line("BLEU: %.2f  |  ROUGE-L: %.4f" % (val.bleu, val.rouge), "good",
                               tag))
-        return lines, 5
+        return lines
 
     def checkpoint_lines(self, state, seg, ckpt):
-        """(lines, index of the line at which the checkpoint counts as saved)."""
         sc = self.sc
         tag = "CKPT"
         total = ckpt.model_bytes + ckpt.optim_bytes
         lines = [line("Saving checkpoint to %s/" % ckpt.path, "phase", tag),
                  line("Model state: %s (bf16)%s  |  Optimizer state: %s (fp32 master, Adam m "
                       "and v)" % (fmt_bytes(ckpt.model_bytes), " adapters"
-                                  if sc.method in ("lora", "qlora") else "",
-                                  fmt_bytes(ckpt.optim_bytes)), "info", tag)]
+                                  if sc.adapters else "", fmt_bytes(ckpt.optim_bytes)),
+                      "info", tag)]
         marks = sorted(set([max(1, ckpt.shards * k // 4) for k in (1, 2, 3, 4)]))
         for done in marks:
             lines.append(line("Writing shards %d/%d" % (done, ckpt.shards), "info", tag))
-        writers = ckpt.writers
         if ckpt.asynchronous:
-            lines.append(line("Checkpoint saved in %.2fs (async: %s staged to host memory on "
-                              "%d node%s, upload to storage continues in background)" % (
-                                  ckpt.seconds, fmt_bytes(total), writers,
-                                  "" if writers == 1 else "s"), "good", tag))
+            saved = ("Checkpoint saved in %.2fs (async: %s staged to host memory on %s, upload "
+                     "to storage continues in background)" % (
+                         ckpt.seconds, fmt_bytes(total), plural(ckpt.writers, "node")))
         else:
-            lines.append(line("Checkpoint saved in %.2fs (%s at %.1f GB/s from %d node%s)" % (
-                ckpt.seconds, fmt_bytes(total), total / GB / ckpt.seconds, writers,
-                "" if writers == 1 else "s"), "good", tag))
-        return lines, len(lines) - 1
+            saved = "Checkpoint saved in %.2fs (%s at %.1f GB/s from %s)" % (
+                ckpt.seconds, fmt_bytes(total), total / GB / ckpt.seconds,
+                plural(ckpt.writers, "node"))
+        return lines + [line(saved, "good", tag, "saved")]
 
     def export_lines(self, state):
         sc = self.sc
         tag = "EXPORT"
         files = export_files(sc)
         total = export_bytes(sc)
-        final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
-        what = "adapter weights" if sc.method in ("lora", "qlora") else "model weights (bf16)"
+        final = "%s/final" % sc.checkpoint_dir(sc.epochs)
+        what = "adapter weights" if sc.adapters else "model weights (bf16)"
         writers = export_writers(sc)
-        lines = [line("Converting %s to SafeTensors: %s in %d file%s, written by %s" % (
-            what, fmt_bytes(total), len(files), "" if len(files) == 1 else "s",
-            writers_text(sc, writers)), "phase", tag)]
+        lines = [line("Converting %s to SafeTensors: %s in %s, written by %s" % (
+            what, fmt_bytes(total), plural(len(files), "file"), writers_text(sc, writers)),
+            "phase", tag)]
         step = max(1, int(math.ceil(len(files) / 8.0)))
         for index in range(step - 1, len(files), step):
             lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
@@ -1876,8 +2472,8 @@ class ClassicVoice(object):
             "good", tag))
         return lines
 
-    def summary_lines(self, state, glyphs):
-        return [line(text, "box", "") for text in summary_lines(self.sc, state, glyphs)]
+    def summary_lines(self, state):
+        return [line(text, "box") for text in summary_box(self.sc, state, self.glyphs)]
 
 
 #: PCI bus ids of the GPUs in one node, as nvidia-smi and NCCL print them (fixed per GPU).
@@ -1889,9 +2485,9 @@ NVIDIA_DRIVER = "550.90.07"
 
 
 def bus_id(sc, local):
-    family = "amd" if sc.gpu.vendor == "amd" else "a100" if sc.gpu.key.startswith("a100") \
-        else "hopper"
-    return BUS_IDS[family][local % 8]
+    if sc.gpu.vendor == "amd":
+        return BUS_IDS["amd"][local % 8]
+    return BUS_IDS["a100" if sc.gpu.key.startswith("a100") else "hopper"][local % 8]
 
 
 def tqdm_interval(seconds):
@@ -1905,8 +2501,7 @@ def tqdm_interval(seconds):
 
 def tqdm_bar(fraction, glyphs, width=10):
     """tqdm's bar: full blocks, one partial block, spaces (digits and # in ASCII)."""
-    charset = " " + glyphs["partial"][1:] + glyphs["full"] if glyphs is UNICODE_GLYPHS \
-        else " 123456789#"
+    charset = glyphs["tqdm"]
     symbols = len(charset) - 1
     full, part = divmod(int(max(0.0, min(1.0, fraction)) * width * symbols), symbols)
     text = charset[-1] * full
@@ -1932,29 +2527,25 @@ def fp32(value):
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-class FrameworkVoice(ClassicVoice):
-    """What every framework run shares: nvidia-smi, torchrun's launcher, NCCL's init."""
+class FrameworkVoice(Voice):
+    """What every framework run shares: nvidia-smi, torchrun's launcher, NCCL's init; where
+    a framework has nothing of its own to say, the classic text through its logger."""
 
     name = "framework"
     #: The file and line frameworks log rare events from (the user's training script).
     script = "train.py"
 
-    def __init__(self, sc):
-        ClassicVoice.__init__(self, sc)
-        ids = random.Random(sc.seed * 7919 + 19)
-        self.launcher_pid = ids.randint(20000, 3999999)
-        self.worker_pid = self.launcher_pid + ids.randint(40, 90)
-        self.init_tid = self.worker_pid + ids.randint(120, 400)
-        self.comm = 0x550000000000 + ids.randint(0, 0xffffffffff) * 16
-        self.comm_id = ids.getrandbits(64)
+    def __init__(self, sc, glyphs, notice=None):
+        Voice.__init__(self, sc, glyphs, notice)
+        self.classic = ClassicVoice(sc, glyphs)
 
     def log(self, text, kind="info"):
         """A line in this framework's own log format."""
-        return line(text, kind, "")
+        return line(text, kind)
 
     def relog(self, lines):
-        """Classic lines re-told through this framework's logger."""
-        return [self.log(item.text, item.kind) for item in lines]
+        """Classic lines re-told through this framework's logger, their marks kept."""
+        return [self.log(item.text, item.kind)._replace(mark=item.mark) for item in lines]
 
     # --- the start every torchrun job shares ----------------------------------------
     def smi_lines(self):
@@ -1994,38 +2585,42 @@ class FrameworkVoice(ClassicVoice):
                   "|" + "=" * 89 + "|",
                   "|  No running processes found" + " " * 61 + "|",
                   rule]
-        return [line(text, "info", "") for text in lines]
+        return [line(text) for text in lines]
 
     def torchrun_lines(self):
         """torchrun's OMP_NUM_THREADS warning, glog-prefixed as torch 2.5 prints it."""
         if self.sc.per_node < 2:
             return []
         prefix = "W%s %d site-packages/torch/distributed/run.py:793] " % (
-            slot("glog"), self.launcher_pid)
+            slot("glog"), self.sc.identity.launcher_pid)
         stars = "*" * 41
-        return [line(prefix + text, "warn", "") for text in [
+        return [line(prefix + text, "warn") for text in [
             "", stars, "Setting OMP_NUM_THREADS environment variable for each process to be 1 "
             "in default, to avoid your system being overloaded, please further tune the "
             "variable for optimal performance in your application as needed.", stars]]
 
+    def nccl_info(self, text, tid=None, device=0, worker=None):
+        """An NCCL INFO line of a worker on the first node (by default local rank 0's main
+        thread; init runs on a thread of its own)."""
+        worker = self.sc.identity.worker_pid if worker is None else worker
+        return line("%s:%d:%d [%d] NCCL INFO %s" % (
+            self.sc.hosts[0], worker, worker if tid is None else tid, device, text))
+
     def nccl_lines(self):
         """NCCL_DEBUG=INFO from rank 0 (local device 0) of the first node, and the other
         local ranks finishing; a real log holds one such block per rank and communicator."""
-        sc = self.sc
-        if sc.gpus == 1:
+        if self.sc.gpus == 1:
             return []
+        return self.nccl_bootstrap_lines() + self.nccl_topology_lines()
+
+    def nccl_bootstrap_lines(self):
+        """Version, driver, bootstrap and network selection, and the communicator starting."""
+        sc = self.sc
         stack = software_stack(sc)
-        host, address = master_address(sc)
+        address = master_address(sc)[1]
         amd = sc.gpu.vendor == "amd"
-        pid = self.worker_pid
-
-        def info(text, tid=None, device=0, worker=pid):
-            return line("%s:%d:%d [%d] NCCL INFO %s" % (host, worker, worker if tid is None
-                                                        else tid, device, text), "info", "")
-
-        tid = self.init_tid
-        ranks = sc.gpus
-        channels = 32 if sc.nodes > 1 else 16
+        info = self.nccl_info
+        tid = sc.identity.init_tid
         lines = [info("NCCL version %s+%s%s" % (stack["nccl"], "hip" if amd else "cuda",
                                                 stack["cuda"]))]
         if not amd:
@@ -2035,125 +2630,108 @@ class FrameworkVoice(ClassicVoice):
         # Eight-GPU servers carry one InfiniBand HCA per GPU; smaller boxes only Ethernet.
         if sc.per_node == 8:
             hcas = " ".join("[%d]mlx5_%d:1/IB" % (i, i) for i in range(sc.per_node))
-            lines.append(info("NET/IB : Using %s [RO]; OOB eth0:%s<0>" % (hcas, address),
-                              tid))
-            lines.append(info("Using non-device net plugin version 0", tid))
-            lines.append(info("Using network IB", tid))
+            network = ["NET/IB : Using %s [RO]; OOB eth0:%s<0>" % (hcas, address),
+                       "Using non-device net plugin version 0", "Using network IB"]
         else:
-            lines.append(info("NET/IB : No device found.", tid))
-            lines.append(info("NET/Socket : Using [0]eth0:%s<0>" % address, tid))
-            lines.append(info("Using non-device net plugin version 0", tid))
-            lines.append(info("Using network Socket", tid))
-        comm = "0x%x" % self.comm
-        lines.append(info("ncclCommInitRank comm %s rank 0 nranks %d cudaDev 0 nvmlDev 0 busId "
-                          "%s commId 0x%016x - Init START" % (
-                              comm, ranks, bus_id(sc, 0), self.comm_id), tid))
-        lines.append(info("Setting affinity for GPU 0 to ffffffff,00000000,ffffffff", tid))
-        lines.append(info("comm %s rank 0 nRanks %d nNodes %d localRanks %d localRank 0 "
-                          "MNNVL 0" % (comm, ranks, sc.nodes, sc.per_node), tid))
+            network = ["NET/IB : No device found.", "NET/Socket : Using [0]eth0:%s<0>" % address,
+                       "Using non-device net plugin version 0", "Using network Socket"]
+        comm = "0x%x" % sc.identity.comm
+        return lines + [info(text, tid) for text in network + [
+            "ncclCommInitRank comm %s rank 0 nranks %d cudaDev 0 nvmlDev 0 busId %s commId "
+            "0x%016x - Init START" % (comm, sc.gpus, bus_id(sc, 0), sc.identity.comm_id),
+            "Setting affinity for GPU 0 to ffffffff,00000000,ffffffff",
+            "comm %s rank 0 nRanks %d nNodes %d localRanks %d localRank 0 MNNVL 0" % (
+                comm, sc.gpus, sc.nodes, sc.per_node)]]
+
+    def nccl_topology_lines(self):
+        """Rings and trees, connections, and every local rank's Init COMPLETE."""
+        sc = self.sc
+        ranks = sc.gpus
+        channels = 32 if sc.nodes > 1 else 16
+        tid = sc.identity.init_tid
+        texts = []
         if ranks <= 16:
             ring = []
             for node in range(sc.nodes):
                 first = node * sc.per_node
                 ring += [first] + list(range(first + sc.per_node - 1, first, -1))
-            for channel in range(channels):
-                lines.append(info("Channel %02d/%02d : %s" % (
-                    channel, channels, "".join("%4d" % r for r in ring)), tid))
-        trees = []
-        for channel in range(channels):
-            child = "1" if sc.per_node > 1 else "-1"
-            peer = sc.per_node if sc.nodes > 1 else -1
-            if channel % 2 == 0:
-                trees.append(" [%d] %s/%d/-1->0->-1" % (channel, child, peer))
-            else:
-                trees.append(" [%d] %s/-1/-1->0->%d" % (channel, child, peer))
-        lines.append(info("Trees" + "".join(trees), tid))
-        lines.append(info("P2P Chunksize set to %d" % (131072 if sc.nodes > 1 else 524288),
-                          tid))
-        via = "P2P/IPC" if amd else "P2P/CUMEM/read"
+            texts += ["Channel %02d/%02d : %s" % (channel, channels,
+                                                 "".join("%4d" % r for r in ring))
+                      for channel in range(channels)]
+        child = "1" if sc.per_node > 1 else "-1"
+        peer = sc.per_node if sc.nodes > 1 else -1
+        texts.append("Trees" + "".join(
+            " [%d] %s/%d/-1->0->-1" % (channel, child, peer) if channel % 2 == 0 else
+            " [%d] %s/-1/-1->0->%d" % (channel, child, peer) for channel in range(channels)))
+        texts.append("P2P Chunksize set to %d" % (131072 if sc.nodes > 1 else 524288))
+        via = "P2P/IPC" if sc.gpu.vendor == "amd" else "P2P/CUMEM/read"
         if sc.per_node > 1:
-            for channel in (0, 1):
-                lines.append(info("Channel %02d/0 : 0[0] -> 1[1] via %s" % (channel, via), tid))
+            texts += ["Channel %02d/0 : 0[0] -> 1[1] via %s" % (channel, via)
+                      for channel in (0, 1)]
         if sc.nodes > 1:
-            peer = sc.per_node
-            lines.append(info("Channel 00/0 : %d[0] -> 0[0] [receive] via NET/IB/0/GDRDMA"
-                              % peer, tid))
-            lines.append(info("Channel 00/0 : 0[0] -> %d[0] [send] via NET/IB/0/GDRDMA" % peer,
-                              tid))
-        lines += [info("Connected all rings", tid), info("Connected all trees", tid),
-                  info("threadThresholds 8/8/64 | %d/8/64 | 512 | 512" % (ranks * 8), tid),
-                  info("%d coll channels, 0 collnet channels, 0 nvls channels, %d p2p "
-                       "channels, %d p2p channels per peer" % (channels, channels,
-                                                               max(1, channels // 16)), tid)]
+            texts += ["Channel 00/0 : %d[0] -> 0[0] [receive] via NET/IB/0/GDRDMA" % sc.per_node,
+                      "Channel 00/0 : 0[0] -> %d[0] [send] via NET/IB/0/GDRDMA" % sc.per_node]
+        texts += ["Connected all rings", "Connected all trees",
+                  "threadThresholds 8/8/64 | %d/8/64 | 512 | 512" % (ranks * 8),
+                  "%d coll channels, 0 collnet channels, 0 nvls channels, %d p2p channels, %d "
+                  "p2p channels per peer" % (channels, channels, max(1, channels // 16))]
+        lines = [self.nccl_info(text, tid) for text in texts]
         for local in range(min(sc.per_node, 4)):
-            worker = pid + local
-            lines.append(info("ncclCommInitRank comm 0x%x rank %d nranks %d cudaDev %d nvmlDev "
-                              "%d busId %s commId 0x%016x - Init COMPLETE" % (
-                                  self.comm + 0x2c0 * local, local, ranks, local, local,
-                                  bus_id(sc, local), self.comm_id),
-                              tid + 7 * local, local, worker))
+            lines.append(self.nccl_info(
+                "ncclCommInitRank comm 0x%x rank %d nranks %d cudaDev %d nvmlDev %d busId %s "
+                "commId 0x%016x - Init COMPLETE" % (
+                    sc.identity.comm + 0x2c0 * local, local, ranks, local, local,
+                    bus_id(sc, local), sc.identity.comm_id),
+                tid + 7 * local, local, sc.identity.worker_pid + local))
         return lines
 
     def startup_lines(self):
         return self.smi_lines() + self.torchrun_lines() + self.nccl_lines()
 
-    # --- defaults a framework style overrides ---------------------------------------
+    # --- what a framework without words of its own says -----------------------------
     def setup_lines(self):
-        return self.relog(ClassicVoice.setup_lines(self))
-
-    def ready_lines(self):
-        return []
-
-    def epoch_lines(self, state, first_step):
-        return []
-
-    def micro_lines(self, state):
-        return []
-
-    def collective_lines(self, coll):
-        return []
-
-    def grid_lines(self, state):
-        return []
+        return self.relog(self.classic.setup_lines())
 
     def event_lines(self, state, event, rank, drawn):
-        """Rank-local errors as torchrun shows them ([rankN]: ...); the rest as warnings."""
+        """Rank-local errors as torchrun shows them ([rankN]: ...); the rest as warnings.
+        An fp16 overflow is the loss scaler's to report, where the framework has one."""
         sc = self.sc
-        before, after = ClassicVoice.event_lines(self, state, event, rank, drawn)
+        if event.kind == "overflow":
+            return [], []
+        before, after = self.classic.event_lines(state, event, rank, drawn)
+        local = rank % sc.per_node
         if event.kind == "oom":
             capacity = sc.gpu.capacity_gib
             runtime = "HIP" if sc.gpu.vendor == "amd" else "CUDA"
             in_use, tried = drawn
-            return [line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
+            error = line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
                          "allocate %.2f GiB. GPU %d has a total capacity of %.2f GiB of which "
                          "%.2f GiB is free. Including non-PyTorch memory, this process has "
-                         "%.2f GiB memory in use." % (rank, runtime, tried, rank % sc.per_node,
-                                                      capacity, capacity - in_use, in_use),
-                         "error", "")] \
-                + self.relog(before[1:]), self.relog(after)
+                         "%.2f GiB memory in use." % (rank, runtime, tried, local, capacity,
+                                                      capacity - in_use, in_use), "error")
+            return [error] + self.relog(before[1:]), self.relog(after)
         if event.kind == "nccl" and ib_fabric(sc):
-            pid = self.worker_pid + rank % sc.per_node
-            local = rank % sc.per_node
-            return [line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : No ACK "
-                         "from peer %s<%d> on mlx5_%d:1, retransmitting after local ACK "
-                         "timeout (NCCL_IB_TIMEOUT=%d, %.2f s; NCCL_IB_RETRY_CNT=%d)" % (
-                             sc.hosts[rank // sc.per_node], pid, pid + 311, local,
-                             ib_peer(sc, rank), drawn, local, IB_TIMEOUT, ib_ack_seconds(),
-                             IB_RETRY_CNT), "warn", "")], self.relog(after)
-        if event.kind == "overflow":
-            return [], []
+            pid = sc.identity.worker_pid + local
+            warn = line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : No ACK "
+                        "from peer %s<%d> on mlx5_%d:1, retransmitting after local ACK "
+                        "timeout (NCCL_IB_TIMEOUT=%d, %.2f s; NCCL_IB_RETRY_CNT=%d)" % (
+                            sc.hosts[rank // sc.per_node], pid, pid + 311, local,
+                            ib_peer(sc, rank), drawn, local, IB_TIMEOUT, ib_ack_seconds(),
+                            IB_RETRY_CNT), "warn")
+            return [warn], self.relog(after)
         return self.relog(before), self.relog(after)
 
     def validation_lines(self, state, seg, val):
-        lines, at = ClassicVoice.validation_lines(self, state, seg, val)
-        return self.relog(lines), at
+        return self.relog(self.classic.validation_lines(state, seg, val))
 
     def checkpoint_lines(self, state, seg, ckpt):
-        lines, at = ClassicVoice.checkpoint_lines(self, state, seg, ckpt)
-        return self.relog(lines), at
+        return self.relog(self.classic.checkpoint_lines(state, seg, ckpt))
 
     def export_lines(self, state):
-        return self.relog(ClassicVoice.export_lines(self, state))
+        return self.relog(self.classic.export_lines(state))
+
+    def summary_lines(self, state):
+        return self.classic.summary_lines(state)
 
     def training_elapsed(self, state):
         """Seconds since the training loop began."""
@@ -2173,9 +2751,8 @@ def hf_num_examples(sc):
     ceil(N / (per_device * world)) // grad_accum == steps_per_epoch."""
     per_step = sc.micro_batch * sc.dp
     batches = sc.steps_per_epoch * sc.grad_accum
-    packed = getattr(sc, "packed_samples", 0)
-    if (batches - 1) * per_step < packed <= batches * per_step:
-        return packed
+    if (batches - 1) * per_step < sc.packed_samples <= batches * per_step:
+        return sc.packed_samples
     return batches * per_step
 
 
@@ -2192,18 +2769,18 @@ class HFVoice(FrameworkVoice):
 
     name = "hf"
 
-    def __init__(self, sc):
-        FrameworkVoice.__init__(self, sc)
+    def __init__(self, sc, glyphs, notice=None):
+        FrameworkVoice.__init__(self, sc, glyphs, notice)
         self.logging_steps = hf_logging_steps(sc)
+        #: Losses of the steps since the last logged dict (Trainer's tr_loss).
         self.window = []
 
-    def hf(self, lineno, text, filename="trainer.py", level="INFO", kind="info"):
-        return line("[%s|%s:%s] %s >> %s" % (level, filename, lineno, slot("logging"), text),
-                    kind, "")
+    def hf(self, lineno, text, filename="trainer.py", kind="info", mark=None):
+        return line("[%s|%s:%s] %s >> %s" % (log_level(kind), filename, lineno,
+                                             slot("logging"), text), kind, "", mark)
 
     def log(self, text, kind="info"):
-        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
-        return self.hf(212, text, self.script, level, kind)
+        return self.hf(212, text, self.script, kind)
 
     def setup_lines(self):
         sc = self.sc
@@ -2212,7 +2789,7 @@ class HFVoice(FrameworkVoice):
         lines = []
         if shards > 1:
             lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
-                shards, shards, shards / 2.0, 2.0, self.glyphs), "info", ""))
+                shards, shards, shards / 2.0, 2.0, self.glyphs)))
         lines += [
             self.hf(699, "Using auto half precision backend"),
             self.hf(2314, "***** Running training *****"),
@@ -2226,7 +2803,7 @@ class HFVoice(FrameworkVoice):
             self.hf(2322, "  Total optimization steps = %s" % fmt_int(sc.total_steps)),
             self.hf(2323, "  Number of trainable parameters = %s" % fmt_int(trainable)),
         ]
-        if sc.first_step > 1:
+        if sc.resumed:
             done = sc.first_step - 1
             epochs_done = done // sc.steps_per_epoch
             lines += [
@@ -2246,27 +2823,28 @@ class HFVoice(FrameworkVoice):
         return line(tqdm_meter(state.step, sc.total_steps, self.training_elapsed(state), rate,
                                self.glyphs), kind, "")
 
-    def update_lines(self, state, done, step_events):
+    def update_lines(self, state, obs):
         sc = self.sc
-        if not any(e.kind in ("nan", "overflow") for e in step_events):
+        done = obs.done
+        if not skipped_in(obs.events):
             self.window += [state.loss] * done
         # The bar moves first; the dict is then written above it (tqdm.write).
         lines = [self.bar_line(state)]
-        if state.step // self.logging_steps > (state.step - done) // self.logging_steps and \
-                self.window:
+        logs = state.step // self.logging_steps > (state.step - done) // self.logging_steps
+        if logs and self.window:
             record = collections.OrderedDict([
                 ("loss", round(math.fsum(self.window) / len(self.window), 4)),
                 ("grad_norm", fp32(state.grad_norm)),
                 ("learning_rate", state.lr),
                 ("epoch", round(state.step / float(sc.steps_per_epoch), 2))])
             self.window = []
-            lines.append(line(hf_dict(record), "info", ""))
+            lines.append(line(hf_dict(record)))
         return lines
 
     def validation_lines(self, state, seg, val):
         sc = self.sc
         batches = val.batches
-        lines = [self.hf(4026, ""), line("***** Running Evaluation *****", "info", ""),
+        lines = [self.hf(4026, ""), line("***** Running Evaluation *****"),
                  self.hf(4028, "  Num examples = %d" % val.samples),
                  self.hf(4031, "  Batch size = %d" % sc.micro_batch)]
         for quarter in (1, 2, 3):
@@ -2279,15 +2857,15 @@ class HFVoice(FrameworkVoice):
             ("eval_samples_per_second", round(val.samples / val.runtime, 3)),
             ("eval_steps_per_second", round(batches / val.runtime, 3)),
             ("epoch", round(seg.last_step / float(sc.steps_per_epoch), 2))])
-        lines.append(line(hf_dict(record), "info", ""))
+        lines.append(line(hf_dict(record), mark="val_loss"))
         # The eval bar goes away when done (leave=False) and the training bar is back.
-        return lines + [self.bar_line(state)], len(lines) - 1
+        return lines + [self.bar_line(state)]
 
     def save_lines(self, path, weights):
         """save_pretrained: config, then one weights file or a sharded index."""
         sc = self.sc
         lines = []
-        if sc.method in ("lora", "qlora"):
+        if sc.adapters:
             return lines
         files = export_files(sc)
         lines.append(self.hf(414, "Configuration saved in %s/config.json" % path,
@@ -2308,15 +2886,15 @@ class HFVoice(FrameworkVoice):
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
-        path = "%s/checkpoint-%d" % (sc.checkpoint_root.format(epoch=seg.epoch), seg.last_step)
+        path = "%s/checkpoint-%d" % (sc.checkpoint_dir(seg.epoch), seg.last_step)
         lines = [self.hf(3801, "Saving model checkpoint to %s" % path)]
         lines += self.save_lines(path, "model.safetensors.index.json")
-        return lines, len(lines) - 1
+        return lines[:-1] + [lines[-1]._replace(mark="saved")]
 
     def export_lines(self, state):
         sc = self.sc
         runtime = self.training_elapsed(state)
-        if sc.first_step == 1:
+        if not sc.resumed:
             samples = hf_num_examples(sc) * sc.epochs
         else:
             samples = sc.session_steps * sc.global_batch
@@ -2327,11 +2905,11 @@ class HFVoice(FrameworkVoice):
             ("train_steps_per_second", round(sc.session_steps / runtime, 3)),
             ("train_loss", math.fsum(history) / len(history)),
             ("epoch", round(sc.last_step / float(sc.steps_per_epoch), 2))])
-        final = "%s/final" % sc.checkpoint_root.format(epoch=sc.epochs)
-        lines = [self.hf(2591, ""), line("", "info", ""),
+        final = "%s/final" % sc.checkpoint_dir(sc.epochs)
+        lines = [self.hf(2591, ""), line(""),
                  line("Training completed. Do not forget to share your model on "
-                      "huggingface.co/models =)", "info", ""), line("", "info", ""),
-                 line(hf_dict(record), "info", ""),
+                      "huggingface.co/models =)"), line(""),
+                 line(hf_dict(record)),
                  self.hf(3801, "Saving model checkpoint to %s" % final)]
         return lines + self.save_lines(final, "model.safetensors.index.json")
 
@@ -2364,10 +2942,13 @@ class LightningVoice(FrameworkVoice):
 
     name = "lightning"
 
-    def __init__(self, sc):
-        FrameworkVoice.__init__(self, sc)
-        self.v_num = 0 if sc.first_step == 1 else 1 + sc.seed % 5
+    def __init__(self, sc, glyphs, notice=None):
+        FrameworkVoice.__init__(self, sc, glyphs, notice)
+        # The logger's version: one per launch of the job.
+        self.v_num = sc.identity.launches if sc.resumed else 0
+        #: When this process's epoch bar was created (tqdm times it from then).
         self.bar_started = None
+        #: ModelCheckpoint's view: the last val_loss, the best, how many it saved.
         self.val_loss = None
         self.best = None
         self.saved = 0
@@ -2376,7 +2957,7 @@ class LightningVoice(FrameworkVoice):
         sc = self.sc
         precision = "bfloat16" if sc.precision == "bf16" else "16bit"
         rule = "-" * 100
-        lines = [line(text, "info", "") for text in [
+        lines = [line(text) for text in [
             "Using %s Automatic Mixed Precision (AMP)" % precision,
             "GPU available: True (cuda), used: True",
             "TPU available: False, using: 0 TPU cores",
@@ -2391,19 +2972,19 @@ class LightningVoice(FrameworkVoice):
                  "them, you should set `torch.set_float32_matmul_precision('medium' | 'high')` "
                  "which will trade-off precision for performance. For more details, read "
                  "https://pytorch.org/docs/stable/generated/torch.set_float32_matmul_precision"
-                 ".html#torch.set_float32_matmul_precision" % sc.gpu.name, "info", ""),
-            line("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [%s]" % devices, "info", "")]
+                 ".html#torch.set_float32_matmul_precision" % sc.gpu.name),
+            line("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [%s]" % devices)]
 
     def setup_lines(self):
         sc = self.sc
         lines = []
-        if sc.first_step > 1:
+        if sc.resumed:
             path = self.ckpt_path(sc.first_step - 1)
             lines.append(line("Restoring states from the checkpoint path at %s" % path,
                               "info", ""))
             lines.append(line("Restored all states from the checkpoint at %s" % path,
                               "info", ""))
-        if sc.method in ("lora", "qlora"):
+        if sc.adapters:
             trainable = trainable_params(sc)
             total = sc.model.params + trainable
             kind = "PeftModelForCausalLM"
@@ -2415,7 +2996,7 @@ class LightningVoice(FrameworkVoice):
                    ("Params", human_count(total)), ("Mode", "train")]
         widths = [max(len(head), len(cell)) for head, cell in columns]
         rule = "-" * (sum(widths) + 3 * (len(columns) + 1))
-        lines += [line(text, "info", "") for text in [
+        lines += [line(text) for text in [
             "",
             " | ".join(head.ljust(w) for (head, _), w in zip(columns, widths)),
             rule,
@@ -2433,8 +3014,7 @@ class LightningVoice(FrameworkVoice):
     def ckpt_path(self, step):
         sc = self.sc
         epoch = sc.epoch_of(step)
-        return "%s/epoch=%d-step=%d.ckpt" % (
-            sc.checkpoint_root.format(epoch=epoch), epoch - 1, step)
+        return "%s/epoch=%d-step=%d.ckpt" % (sc.checkpoint_dir(epoch), epoch - 1, step)
 
     def bar_line(self, state, kind="progress"):
         sc = self.sc
@@ -2462,7 +3042,7 @@ class LightningVoice(FrameworkVoice):
     def micro_lines(self, state):
         return [self.bar_line(state)] if state.tokens_per_s else []
 
-    def update_lines(self, state, done, step_events):
+    def update_lines(self, state, obs):
         sc = self.sc
         ends_epoch = state.step % sc.steps_per_epoch == 0
         return [self.bar_line(state, "info" if ends_epoch else "progress")]
@@ -2476,24 +3056,26 @@ class LightningVoice(FrameworkVoice):
                                          batches / val.runtime, self.glyphs,
                                          "Validation DataLoader 0: ", False), "progress", ""))
         self.val_loss = val.loss
-        return lines, len(lines) - 1
+        return lines[:-1] + [lines[-1]._replace(mark="val_loss")]
 
     def checkpoint_lines(self, state, seg, ckpt):
         """ModelCheckpoint(save_top_k=-1): every validation saves, ranked among those kept."""
         value = self.val_loss
         self.best = value if self.best is None else min(self.best, value)
         self.saved += 1
-        text = "Epoch %d, global step %d: 'val_loss' reached %0.5f (best %0.5f), saving model " \
-            "to '%s' as top %d" % (seg.epoch - 1, seg.last_step, value, self.best,
-                                   self.ckpt_path(seg.last_step), self.saved)
-        return [line(text, "info", "")], 0
+        text = ("Epoch %d, global step %d: 'val_loss' reached %0.5f (best %0.5f), saving model "
+                "to '%s' as top %d" % (seg.epoch - 1, seg.last_step, value, self.best,
+                                       self.ckpt_path(seg.last_step), self.saved))
+        return [line(text, mark="saved")]
 
     def export_lines(self, state):
         sc = self.sc
-        limit = "max_epochs=%d" % sc.epochs if sc.first_step == 1 and sc.loss_curve == "sft" \
-            else "max_steps=%d" % sc.total_steps
-        return [line("`Trainer.fit` stopped: `%s` reached." % limit, "info", "")] + \
-            FrameworkVoice.export_lines(self, state)
+        if sc.loss_curve == "sft" and not sc.resumed:
+            limit = "max_epochs=%d" % sc.epochs
+        else:
+            limit = "max_steps=%d" % sc.total_steps
+        return ([line("`Trainer.fit` stopped: `%s` reached." % limit)]
+                + FrameworkVoice.export_lines(self, state))
 
 
 def zero_stage(sc):
@@ -2510,22 +3092,22 @@ class DeepSpeedVoice(FrameworkVoice):
 
     name = "deepspeed"
 
-    def __init__(self, sc):
-        FrameworkVoice.__init__(self, sc)
-        self.loss_scale = int(start_loss_scale(sc, 65536))
-        self.hysteresis = 2
-        self.skipped = 0
+    loss_scaling = DEEPSPEED_LOSS_SCALING
+
+    def __init__(self, sc, glyphs, notice=None):
+        FrameworkVoice.__init__(self, sc, glyphs, notice)
+        #: Samples/s of every step so far, for the timer's running average.
         self.rates = []
 
-    def ds(self, where, text, kind="info", level="INFO"):
-        return line("[%s] [%s] [%s] %s" % (slot("logging"), level, where, text), kind, "")
+    def ds(self, where, text, kind="info", mark=None):
+        return line("[%s] [%s] [%s] %s" % (slot("logging"), log_level(kind), where, text), kind,
+                    "", mark)
 
     def dist(self, text, kind="info"):
         return self.ds("logging.py:128:log_dist", "[Rank 0] " + text, kind)
 
     def log(self, text, kind="info"):
-        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
-        return self.ds("%s:212:main" % self.script, text, kind, level)
+        return self.ds("%s:212:main" % self.script, text, kind)
 
     def scheduler(self):
         """DeepSpeed's scheduler for the run's schedule, its warmup linear as announced (the
@@ -2561,10 +3143,15 @@ class DeepSpeedVoice(FrameworkVoice):
                     "Setting ds_accelerator to cuda (auto detect)"),
             self.ds("comm.py:652:init_distributed", "cdb=None"),
             self.ds("comm.py:683:init_distributed",
-                    "Initializing TorchBackend in DeepSpeed with backend nccl")] + \
-            self.nccl_lines()
+                    "Initializing TorchBackend in DeepSpeed with backend nccl")
+        ] + self.nccl_lines()
 
     def setup_lines(self):
+        return self.optimizer_lines() + self.config_lines()
+
+    def optimizer_lines(self):
+        """The engine's start: ZeRO's optimizer (with its memory report at stage 3) and the
+        LR scheduler."""
         sc = self.sc
         stage = zero_stage(sc)
         dtype = "torch.bfloat16" if sc.precision == "bf16" else "torch.float16"
@@ -2591,8 +3178,15 @@ class DeepSpeedVoice(FrameworkVoice):
                 "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer")),
             self.dist("DeepSpeed using configured LR scheduler = %s" % self.scheduler()[0]),
             self.dist("DeepSpeed LR Scheduler = <deepspeed.runtime.lr_schedules.%s object at "
-                      "0x7f%010x>" % (self.scheduler()[0], self.comm % 0xffffffff0 + 0x10)),
-            self.ds("config.py:1001:print", "DeepSpeedEngine configuration:")]
+                      "0x7f%010x>" % (self.scheduler()[0],
+                                      sc.identity.comm % 0xffffffff0 + 0x10))]
+        return lines
+
+    def config_lines(self):
+        """DeepSpeedEngine's configuration dump (sorted, dot-padded) and the user's JSON."""
+        sc = self.sc
+        stage = zero_stage(sc)
+        lines = [self.ds("config.py:1001:print", "DeepSpeedEngine configuration:")]
         dump = {"activation_checkpointing_config": '{"partition_activations": false, '
                                                    '"contiguous_memory_optimization": false}',
                 "amp_enabled": False, "bfloat16_enabled": sc.precision == "bf16",
@@ -2610,22 +3204,18 @@ class DeepSpeedVoice(FrameworkVoice):
                 name, "." * (29 - len(name)), dump[name])))
         body = json.dumps(self.config(), sort_keys=True, indent=4).split("\n")
         lines.append(self.ds("config.py:1005:print", "  json = " + body[0]))
-        lines += [line(text, "info", "") for text in body[1:]]
-        if sc.first_step > 1:
+        lines += [line(text) for text in body[1:]]
+        if sc.resumed:
             tag = "global_step%d" % (sc.first_step - 1)
             lines.append(self.dist("Loading model from %s/%s/mp_rank_00_model_states.pt" % (
-                sc.checkpoint_root.format(epoch=1), tag)))
+                sc.checkpoint_dir(1), tag)))
         return lines
 
-    def update_lines(self, state, done, step_events):
+    def update_lines(self, state, obs):
         sc = self.sc
-        lines = []
-        for event in step_events:
-            if event.kind in ("nan", "overflow"):
-                self.skipped += 1
-            if event.kind == "overflow":
-                # The loss scaler speaks inside step(), before the step is reported.
-                lines.append(self.overflow_line())
+        # The loss scaler speaks inside step(), before the step is reported.
+        lines = [self.overflow_line(change) for change in obs.scale_changes]
+        skipped = state.skipped + skipped_in(obs.events)
         lr = state.lr
         samples_per_s = state.tokens_per_s / sc.seq_len
         self.rates.append(samples_per_s)
@@ -2635,31 +3225,28 @@ class DeepSpeedVoice(FrameworkVoice):
         allocated = state.mem_gib - RUNTIME_OVERHEAD_GIB
         return lines + [
             self.dist("step=%d, skipped=%d, lr=[%r, %r], mom=[[0.9, 0.95], [0.9, 0.95]]" % (
-                state.step, self.skipped, lr, lr)),
+                state.step, skipped, lr, lr)),
             self.ds("timer.py:264:stop",
                     "epoch=%d/micro_step=%d/global_step=%d, RunningAvgSamplesPerSec=%r, "
                     "CurrSamplesPerSec=%r, MemAllocated=%.2fGB, MaxMemAllocated=%.2fGB" % (
                         state.epoch - 1, state.step * sc.grad_accum, state.step, running,
                         samples_per_s, allocated, allocated + 0.6 * RUNTIME_OVERHEAD_GIB))]
 
-    def overflow_line(self):
+    def overflow_line(self, change):
         """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""
-        where = "loss_scaler.py:183:update_scale"
-        if self.hysteresis > 1:
-            self.hysteresis -= 1
-            text = "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, " \
-                   "but hysteresis is %d. Reducing hysteresis to %d" % (
-                       self.loss_scale, self.hysteresis + 1, self.hysteresis)
+        if change.scale == change.attempted:
+            text = ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, "
+                    "but hysteresis is %d. Reducing hysteresis to %d" % (
+                        change.attempted, change.hysteresis + 1, change.hysteresis))
         else:
-            text = "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, " \
-                   "reducing to %d" % (self.loss_scale, self.loss_scale // 2)
-            self.loss_scale //= 2
-        return self.ds(where, text)
+            text = ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, "
+                    "reducing to %d" % (change.attempted, change.scale))
+        return self.ds("loss_scaler.py:183:update_scale", text)
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
         tag = "global_step%d" % seg.last_step
-        folder = "%s/%s" % (sc.checkpoint_root.format(epoch=seg.epoch), tag)
+        folder = "%s/%s" % (sc.checkpoint_dir(seg.epoch), tag)
         model = "%s/zero_pp_rank_0_mp_rank_00_model_states.pt" % folder
         optim = "%s/%szero_pp_rank_0_mp_rank_00_optim_states.pt" % (
             folder, "bf16_" if sc.precision == "bf16" else "")
@@ -2672,8 +3259,8 @@ class DeepSpeedVoice(FrameworkVoice):
                  self.ds("engine.py:3645:_save_zero_checkpoint",
                          "zero checkpoint saved %s" % optim),
                  self.ds("torch_checkpoint_engine.py:33:commit",
-                         "[Torch] Checkpoint %s is ready now!" % tag)]
-        return lines, len(lines) - 1
+                         "[Torch] Checkpoint %s is ready now!" % tag, mark="saved")]
+        return lines
 
 
 #: Megatron's tokenizer types by tokenizer family.
@@ -2695,16 +3282,12 @@ class MegatronVoice(FrameworkVoice):
     #: Megatron-LM trains whole models; adapters are NeMo's or PEFT's business.
     methods = ("full", "pretrain")
 
-    def __init__(self, sc):
-        FrameworkVoice.__init__(self, sc)
-        self.loss_scale = start_loss_scale(sc, 4294967296.0)
-        self.hysteresis = 2
-        self.skipped = 0
-        self.nans = 0
-        self.reported_memory = False
+    loss_scaling = MEGATRON_LOSS_SCALING
 
-    def log(self, text, kind="info"):
-        return line(text, kind, "")
+    def __init__(self, sc, glyphs, notice=None):
+        FrameworkVoice.__init__(self, sc, glyphs, notice)
+        #: report_memory() prints once, at the first logged iteration.
+        self.reported_memory = False
 
     def startup_lines(self):
         sc = self.sc
@@ -2721,7 +3304,7 @@ class MegatronVoice(FrameworkVoice):
                 "num_query_groups": model.kv_heads,
                 "padded_vocab_size": padded_vocab(model.vocab, sc.tp),
                 "pipeline_model_parallel_size": sc.pp,
-                "save": sc.checkpoint_root.format(epoch=1), "save_interval": sc.eval_every,
+                "save": sc.checkpoint_dir(1), "save_interval": sc.eval_every,
                 "seed": 1234, "seq_length": sc.seq_len,
                 "tensor_model_parallel_size": sc.tp,
                 "tokenizer_type": MEGATRON_TOKENIZERS.get(model.tokenizer,
@@ -2741,12 +3324,12 @@ class MegatronVoice(FrameworkVoice):
                       model.vocab, args["padded_vocab_size"] - model.vocab,
                       args["padded_vocab_size"]),
                   "> initializing torch distributed ..."]
-        return self.smi_lines() + self.torchrun_lines() + \
-            [line(text, "info", "") for text in lines] + self.nccl_lines()
+        return (self.smi_lines() + self.torchrun_lines() + [line(text) for text in lines]
+                + self.nccl_lines())
 
     def setup_lines(self):
         sc = self.sc
-        root = sc.checkpoint_root.format(epoch=1)
+        root = sc.checkpoint_dir(1)
         lines = ["> initialized tensor model parallel with size %d" % sc.tp,
                  "> initialized pipeline model parallel with size %d" % sc.pp,
                  "> setting random seeds to 1234 ...",
@@ -2755,7 +3338,7 @@ class MegatronVoice(FrameworkVoice):
                  "[after megatron is initialized] datetime: %s " % slot("seconds"),
                  " > number of parameters on (tensor, pipeline) model parallel rank (0, 0): %d"
                  % (sc.model.params // (sc.tp * sc.pp))]
-        if sc.first_step > 1:
+        if sc.resumed:
             lines.append("  successfully loaded checkpoint from %s [ t 0, p 0 ] at iteration "
                          "%d" % (root, sc.first_step - 1))
         lines += ["(min, max) time across ranks (ms):",
@@ -2765,17 +3348,12 @@ class MegatronVoice(FrameworkVoice):
                                             .ljust(48, "."), sc.init_s * 40, sc.init_s * 42),
                   "training ...",
                   "[before the start of training step] datetime: %s " % slot("seconds")]
-        return [line(text, "info", "") for text in lines]
+        return [line(text) for text in lines]
 
-    def update_lines(self, state, done, step_events):
+    def update_lines(self, state, obs):
         sc = self.sc
-        for event in step_events:
-            if event.kind == "nan":
-                self.nans += 1  # a NaN iteration is also a skipped one
-            if event.kind in ("nan", "overflow"):
-                self.skipped += 1
-        if state.loss is None:
-            return []
+        # A NaN iteration is also a skipped one; the loss scale is the one the step ran at.
+        nans = sum(1 for event in obs.events if event.kind == "nan")
         ms = 1000.0 * sc.tokens_per_step / state.tokens_per_s
         tflops = tflops_per_gpu(sc, state.tokens_per_s)
         text = (" [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration "
@@ -2784,49 +3362,37 @@ class MegatronVoice(FrameworkVoice):
                 "number of skipped iterations: %3d | number of nan iterations: %3d |" % (
                     slot("seconds"), state.step, sc.total_steps, state.step * sc.global_batch,
                     ms, tflops, state.lr, sc.global_batch, state.loss,
-                    self.loss_scale if sc.precision == "fp16" else 1.0, state.grad_norm,
-                    self.skipped, self.nans))
-        self.skipped = 0
-        self.nans = 0
-        lines = [line(text, "info", "")]
+                    obs.loss_scale if sc.precision == "fp16" else 1.0, state.grad_norm,
+                    skipped_in(obs.events), nans))
+        lines = [line(text)]
         if not self.reported_memory:
             self.reported_memory = True
             allocated = int((state.mem_gib - RUNTIME_OVERHEAD_GIB) * 0.8 * GIB) // 512 * 512
             peak = int((state.mem_gib - RUNTIME_OVERHEAD_GIB) * GIB) // 512 * 512
-            reserved = int(state.mem_gib - 1.0) * 1024 + 2 * (sc.seed % 256)
+            reserved = int(state.mem_gib - 1.0) * 1024 + sc.identity.allocator_slack_mb
             lines.append(line("[Rank 0] (after %d iterations) memory (MB) | allocated: %r | "
                               "max allocated: %r | reserved: %r | max reserved: %r" % (
                                   state.step, allocated / 1048576.0, peak / 1048576.0,
-                                  float(reserved), float(reserved)), "info", ""))
+                                  float(reserved), float(reserved))))
         return lines
-
-    def event_lines(self, state, event, rank, drawn):
-        if event.kind != "overflow":
-            return FrameworkVoice.event_lines(self, state, event, rank, drawn)
-        # Hysteresis 2: the scale halves on every second overflow.
-        self.hysteresis -= 1
-        if self.hysteresis == 0:
-            self.hysteresis = 2
-            self.loss_scale /= 2
-        return [], []
 
     def validation_lines(self, state, seg, val):
         value = float("%.6E" % val.loss)
-        text = " validation loss at iteration %d on validation set | lm loss value: %.6E | " \
-               "lm loss PPL: %.6E | " % (seg.last_step, value, math.exp(min(20.0, value)))
+        text = (" validation loss at iteration %d on validation set | lm loss value: %.6E | "
+                "lm loss PPL: %.6E | " % (seg.last_step, value, math.exp(min(20.0, value))))
         rule = "-" * (len(text) + 1)
-        return [line(rule, "info", ""), line(text, "info", ""), line(rule, "info", "")], 1
+        return [line(rule), line(text, mark="val_loss"), line(rule)]
 
     def checkpoint_lines(self, state, seg, ckpt):
-        root = self.sc.checkpoint_root.format(epoch=seg.epoch)
+        root = self.sc.checkpoint_dir(seg.epoch)
         return [line("saving checkpoint at iteration %7d to %s in torch_dist format" % (
-            seg.last_step, root), "info", ""),
+            seg.last_step, root)),
             line("  successfully saved checkpoint from iteration %7d to %s" % (
-                seg.last_step, root), "info", "")], 1
+                seg.last_step, root), mark="saved")]
 
     def export_lines(self, state):
-        return [line("[after training is done] datetime: %s " % slot("seconds"), "info", "")] \
-            + FrameworkVoice.export_lines(self, state)
+        return ([line("[after training is done] datetime: %s " % slot("seconds"))]
+                + FrameworkVoice.export_lines(self, state))
 
 
 class TorchtitanVoice(FrameworkVoice):
@@ -2837,8 +3403,8 @@ class TorchtitanVoice(FrameworkVoice):
     methods = ("full", "pretrain")
 
     def log(self, text, kind="info"):
-        level = {"warn": "WARNING", "error": "ERROR"}.get(kind, "INFO")
-        return line("[titan] %s - root - %s - %s" % (slot("logging"), level, text), kind, "")
+        return line("[titan] %s - root - %s - %s" % (slot("logging"), log_level(kind), text),
+                    kind)
 
     def startup_lines(self):
         sc = self.sc
@@ -2849,8 +3415,8 @@ class TorchtitanVoice(FrameworkVoice):
         return self.smi_lines() + self.torchrun_lines() + [
             self.log("Starting job: %s training" % sc.model.name),
             self.log("Building %d-D device mesh with %r, %r" % (
-                len(dims), [name for _, name in dims], [size for size, _ in dims]))] + \
-            self.nccl_lines()
+                len(dims), [name for _, name in dims], [size for size, _ in dims]))
+        ] + self.nccl_lines()
 
     def setup_lines(self):
         sc = self.sc
@@ -2883,8 +3449,8 @@ class TorchtitanVoice(FrameworkVoice):
             self.log("CUDA memory usage for model: %.2fGiB(%.2f%%)" % (
                 model_gib, 100.0 * model_gib / capacity)),
             self.log("Checkpointing active. Checkpoints will be loaded from and saved to %s" %
-                     sc.checkpoint_root.format(epoch=1))]
-        if sc.first_step > 1:
+                     sc.checkpoint_dir(1))]
+        if sc.resumed:
             lines.append(self.log("Loading the checkpoint at step %d." % (sc.first_step - 1)))
         lines.append(self.log("Training starts at step %d, with local batch size %d, global "
                               "batch size %d, sequence length %d, total steps %d (warmup %d)" % (
@@ -2892,10 +3458,8 @@ class TorchtitanVoice(FrameworkVoice):
                                   sc.total_steps, sc.warmup_steps)))
         return lines
 
-    def update_lines(self, state, done, step_events):
+    def update_lines(self, state, obs):
         sc = self.sc
-        if state.loss is None:
-            return []
         tps = int(round(state.tokens_per_s / sc.gpus))
         tflops = sc.flops_per_token * tps / 1e12
         mfu = 100.0 * sc.flops_per_token * tps / sc.gpu.peak_flops
@@ -2909,7 +3473,7 @@ class TorchtitanVoice(FrameworkVoice):
         sc = self.sc
         return [self.log("validate step: %2d  loss: %7.4f  memory: %5.2fGiB(%.2f%%)" % (
             seg.last_step, val.loss, state.mem_gib,
-            100.0 * state.mem_gib / sc.gpu.capacity_gib))], 0
+            100.0 * state.mem_gib / sc.gpu.capacity_gib))._replace(mark="val_loss")]
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
@@ -2919,7 +3483,7 @@ class TorchtitanVoice(FrameworkVoice):
             first = "Saving the checkpoint (or staging if async is enabled)."
         return [self.log(first),
                 self.log("Finished saving the checkpoint (or staging if async is enabled)"
-                         "in %.2f seconds." % ckpt.seconds)], 1
+                         "in %.2f seconds." % ckpt.seconds)._replace(mark="saved")]
 
     def export_lines(self, state):
         return [self.log("Sleeping 2 seconds for other ranks to complete"),
@@ -2949,220 +3513,15 @@ def make_voice(style, sc, glyphs):
     and says so in one line."""
     if style == "random":
         able = [name for name, voice in list(STYLES.items())[1:] if sc.method in voice.methods]
-        style = random.Random(sc.seed * 7919 + 23).choice(able)
+        style = random_stream(sc.seed, "style").choice(able)
     notice = None
     if sc.method not in STYLES[style].methods:
         notice = line("llmtrain: --style %s: %s trains whole models only (no LoRA/QLoRA "
                       "adapters), so this %s run is told in the %s style (transformers + PEFT)"
                       % (style, STYLE_TITLES[style].split(" (")[0], method_title(sc),
-                         FALLBACK_STYLE), "info", "")
+                         FALLBACK_STYLE))
         style = FALLBACK_STYLE
-    voice = STYLES[style](sc)
-    voice.glyphs = glyphs
-    voice.notice = notice
-    return voice
-
-
-# ==========================================================================================
-# Phases: generators yielding (line, delay); values are drawn here, voices only format them
-# ==========================================================================================
-
-def init_phase(sc, state, voice):
-    """Distributed start-up, model, tokenizer, data and configuration; ends ready to train."""
-    startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
-    lines = startup + voice.setup_lines()
-    for index, (item, delay) in enumerate(paced(lines, sc.init_s, state.pacing_rng)):
-        if index == len(startup):
-            state.mem_gib = loading_gib(sc)
-        state.warm_towards(0.05, delay)
-        yield item, delay
-    state.mem_gib = sc.memory_gib if sc.first_step > 1 else \
-        sc.memory_gib - optimizer_gib(sc)
-    ready = voice.ready_lines()
-    for item in ready[:-1]:
-        yield item, 0.0
-    yield (ready[-1] if ready else None), sc.start_gap_s
-
-
-def train_phase(sc, state, seg, rng, voice):
-    """One segment of training: progress updates, GPU grid, NCCL lines and rare events."""
-    state.phase = "train"
-    if seg.index == 0:
-        state.train_start = state.clock
-        state.train_end = state.clock + training_seconds(sc)
-    events = {}
-    for event in sc.events:
-        events.setdefault(event.step, []).append(event)
-    epoch_started = sc.epoch_of(seg.first_step)
-    if seg.first_step == (epoch_started - 1) * sc.steps_per_epoch + 1 or seg.index == 0:
-        state.epoch = epoch_started
-        for item in voice.epoch_lines(state, seg.first_step):
-            yield item, 0.0
-    next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
-    next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.4, 1.0)
-    for step, micro, seconds in seg.updates:
-        yield None, seconds
-        state.warm_towards(1.0, seconds)
-        finishing = micro == 0 or micro == sc.micro_updates
-        if not finishing:
-            state.micro = micro
-            if state.loss is None:
-                continue  # nothing to report before the first optimizer step
-            for item in voice.micro_lines(state):
-                yield item, 0.0
-            continue
-        done = step - state.step
-        state.micro = 0
-        state.step = step
-        state.epoch = sc.epoch_of(step)
-        state.tokens_trained += done * sc.tokens_per_step
-        if step - done + 1 == 1:
-            state.mem_gib = sc.memory_gib  # optimizer states appear at the first step
-        # Steps logged in groups: an event on any step of the group is reported with it.
-        step_events = [e for s in range(step - done + 1, step + 1) for e in events.get(s, [])]
-        kinds = set(e.kind for e in step_events)
-        if "nan" in kinds:
-            # A NaN batch: the loss and the gradients are NaN, the update is skipped.
-            state.loss = float("nan")
-            state.loss_text = "nan"
-        else:
-            state.loss = loss_at(sc, step, rng)
-            state.loss_text = "%.4f" % state.loss
-            state.loss_history.append(float(state.loss_text))
-        state.grad_norm = grad_norm_at(sc, step, rng)
-        if kinds & set(["nan", "overflow"]):
-            # fp16 overflow: the loss is fine, the scaled gradients are not.
-            state.grad_norm = float("nan") if "nan" in kinds else float("inf")
-        state.lr = lr_at(sc, step)
-        # Throughput of this update's steps; the session's first step carries the warm-up.
-        extra = sc.first_step_extra_s if state.tokens_trained == done * sc.tokens_per_step \
-            else 0.0
-        state.tokens_per_s = done * sc.tokens_per_step / (done * sc.step_seconds + extra) * \
-            rng.uniform(0.992, 1.008)
-        for item in voice.update_lines(state, done, step_events):
-            yield item, 0.0
-        for event in step_events:
-            for item in event_phase(sc, state, event, rng, voice):
-                yield item
-        if state.clock >= next_nccl and sc.gpus > 1:
-            next_nccl = state.clock + NCCL_EVERY_SECONDS * rng.uniform(0.7, 1.3)
-            for item in voice.collective_lines(draw_collective(sc, rng)):
-                yield item, 0.0
-        if state.clock >= next_grid:
-            next_grid = state.clock + GRID_EVERY_SECONDS
-            for item in voice.grid_lines(state):
-                yield item, 0.0
-
-
-def event_phase(sc, state, event, rng, voice):
-    """One rare event: its effect on the run, its lines, and the time it costs."""
-    rank = rng.randint(0, sc.gpus - 1)
-    drawn = None
-    if event.kind in ("nan", "overflow"):
-        state.skipped += 1
-    if event.kind == "overflow":
-        state.loss_scale /= 2
-    elif event.kind == "oom":
-        # (GiB in use, GiB asked for): a long batch asks for more than the little left free.
-        free = rng.uniform(0.3, 1.6)
-        drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
-    elif event.kind == "nccl":
-        # The peer's ephemeral port (Linux 32768-60999), from the event's single draw.
-        drawn = 32768 + rng.randint(20000, 99999) % 28232
-    before, after = voice.event_lines(state, event, rank, drawn)
-    for item in before:
-        yield item, 0.0
-    if event.extra_s:
-        yield None, event.extra_s
-    for item in after:
-        yield item, 0.0
-
-
-def validation_phase(sc, state, seg, rng, voice):
-    """Validation after a segment: samples, Val Loss and PPL, accuracy, BLEU/ROUGE-L."""
-    state.phase = "val"
-    samples, batches, iters = validation_size(sc)
-    value = val_loss_at(sc, seg.last_step, rng)
-    loss_text = "%.4f" % value
-    bleu = rouge = None
-    if sc.instruction_set:
-        bleu = max(5.0, 48.0 - 18.0 * float(loss_text)) + rng.uniform(-1, 1)
-        rouge = max(0.2, 0.72 - 0.2 * float(loss_text)) + rng.uniform(-0.01, 0.01)
-    val = Validation(samples, batches, iters, value, loss_text, math.exp(float(loss_text)),
-                     bleu, rouge, seg.validation_s * 0.9)
-    lines, result_at = voice.validation_lines(state, seg, val)
-    for index, (item, delay) in enumerate(paced(lines, seg.validation_s, state.pacing_rng)):
-        state.warm_towards(0.85, delay)
-        if index == result_at:
-            state.val_history.append((len(state.loss_history), float(loss_text)))
-        yield item, delay
-
-
-def checkpoint_phase(sc, state, seg, rng, voice):
-    """Sharded checkpoint: path, shard progress n/n, state sizes, time it took."""
-    state.phase = "ckpt"
-    model_bytes, optim_bytes = checkpoint_bytes(sc)
-    total = model_bytes + optim_bytes
-    sharded = sc.method == "pretrain" or sc.strategy.startswith(("FSDP", "DeepSpeed"))
-    shards = sc.gpus if sharded else 1
-    writers = sc.nodes if sharded else 1
-    # Aim the write at 60-90% of the phase; beyond ~8 GB/s a node, stage asynchronously.
-    per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
-    asynchronous = per_node_gbs > 8.0
-    if asynchronous:
-        # Device-to-host copies over PCIe: Gen4 on A100 systems, Gen5 on the newer ones.
-        pcie_gbs = 20.0 if sc.gpu.key.startswith("a100") else 40.0
-        staged_gbs = min(per_node_gbs, pcie_gbs * rng.uniform(0.85, 1.0) * sc.per_node)
-        seconds = total / GB / writers / staged_gbs
-    else:
-        per_node_gbs = max(per_node_gbs, 0.05)
-        seconds = total / GB / writers / per_node_gbs
-    ckpt = CheckpointWrite(checkpoint_path(sc, seg.last_step, seg.epoch), model_bytes,
-                           optim_bytes, shards, writers, asynchronous, seconds)
-    lines, saved_at = voice.checkpoint_lines(state, seg, ckpt)
-    for index, (item, delay) in enumerate(paced(lines, seg.checkpoint_s, state.pacing_rng)):
-        state.warm_towards(0.3, delay)
-        if index == saved_at:
-            state.checkpoints += 1
-        yield item, delay
-    yield None, seg.gap_s
-
-
-def export_phase(sc, state, voice):
-    """SafeTensors conversion with progress and real shard names; the final model path."""
-    state.phase = "export"
-    lines = voice.export_lines(state)
-    state.train_end = state.clock
-    for item, delay in paced(lines, sc.export_s, state.pacing_rng):
-        state.warm_towards(0.0, delay)
-        yield item, delay
-
-
-def run_phases(sc, state, glyphs, style="classic"):
-    """The whole run, phase by phase, as one stream of (line, delay), told in `style`.
-    Each line is stamped as it leaves, just before it is shown."""
-    rng = random.Random(sc.seed * 7919 + 17)
-    voice = make_voice(style, sc, glyphs)
-    state.style = voice.name
-
-    def phases():
-        for item in init_phase(sc, state, voice):
-            yield item
-        for seg in sc.segments:
-            for item in train_phase(sc, state, seg, rng, voice):
-                yield item
-            for item in validation_phase(sc, state, seg, rng, voice):
-                yield item
-            for item in checkpoint_phase(sc, state, seg, rng, voice):
-                yield item
-        for item in export_phase(sc, state, voice):
-            yield item
-        state.phase = "done"
-        for item in voice.summary_lines(state, glyphs):
-            yield item, 0.0
-
-    for item, delay in phases():
-        yield stamp(item), delay
+    return STYLES[style](sc, glyphs, notice)
 
 
 # ==========================================================================================
@@ -3270,8 +3629,10 @@ def loss_chart_lines(loss_history, val_history, width, height, glyphs):
                                      width)
         return rows
     low, high = chart_scale(loss_history + [v for _, v in val_history])
-    labels = ["%.2f" % high] + [""] * (height - 2) + ["%.2f" % low] if height > 1 \
-        else ["%.2f" % high]
+    if height > 1:
+        labels = ["%.2f" % high] + [""] * (height - 2) + ["%.2f" % low]
+    else:
+        labels = ["%.2f" % high]
     label_width = max(len(text) for text in labels) + 1
     if width < label_width + 4:
         label_width = 0
@@ -3376,12 +3737,12 @@ def gpu_grid_rows(sc, state, width, max_rows, glyphs):
     return rows if max_rows > 1 else rows[1:2]
 
 
-def log_segments(item, stamp):
+def log_segments(item, clock_text):
     """One log line as (text, style) segments: time magenta, tag cyan, the text coloured by
     its kind. A line without a tag (framework styles) carries its own prefix and time."""
     if not item.tag:
         return [(item.text, KIND_STYLES.get(item.kind))]
-    return [(stamp + " ", "time"), ("[%s] " % item.tag, "phase"),
+    return [(clock_text + " ", "time"), ("[%s] " % item.tag, "phase"),
             (item.text, KIND_STYLES.get(item.kind))]
 
 
@@ -3438,38 +3799,33 @@ def dashboard_layout(rows, cols, grid_rows_within):
 # Renderers: the plain line log (the dashboard draws the same run from RunState)
 # ==========================================================================================
 
-def timestamp():
-    """The current local time, as every line shows it."""
-    return time.strftime("[%Y-%m-%d %H:%M:%S]")
-
-
 def paint(text, code, color):
     return "\x1b[%sm%s\x1b[0m" % (ANSI[code], text) if color and text else text
 
 
-def plain_text(item, color):
-    """One log line: `[time] [TAG] text`, coloured by kind when asked. A line without a tag
-    (the summary box, framework styles) already is the whole line and is printed as it is."""
+def plain_text(item, color, now):
+    """One log line shown at `now`: `[time] [TAG] text`, coloured by kind when asked. A line
+    without a tag (the summary box, framework styles) carries its own prefix and time."""
+    clock_text = time.strftime("[%Y-%m-%d %H:%M:%S]", time.localtime(now))
     return "".join(paint(text, style, color) if style else text
-                   for text, style in log_segments(item, timestamp()))
+                   for text, style in log_segments(stamp(item, now), clock_text))
 
 
-class PlainRenderer(object):
+class PlainRenderer:
     """Prints the run as a line log; on a terminal the progress line is redrawn in place."""
 
-    def __init__(self, stream, color, redraw, glyphs):
+    def __init__(self, stream, color, redraw):
         self.stream = stream
         self.color = color
         self.redraw = redraw
-        self.glyphs = glyphs
         self.live = ""
 
-    def emit(self, item, state):
-        text = plain_text(item, self.color)
+    def emit(self, item, state, now):
+        text = plain_text(item, self.color, now)
         if self.redraw and item.kind == "progress":
             width = shutil.get_terminal_size((100, 24)).columns - 1
             # Colour codes would be cut mid-sequence: the live line is clipped uncoloured.
-            shown = plain_text(item, False)[:width]
+            shown = plain_text(item, False, now)[:width]
             self.stream.write("\r" + shown + " " * max(0, len(self.live) - len(shown)))
             self.live = shown
         else:
@@ -3548,7 +3904,7 @@ def style_attributes(curses, color):
     return attrs
 
 
-class DashboardRenderer(object):
+class DashboardRenderer:
     """Draws the run full screen. Regions redraw on their own schedule and only what changed
     reaches the terminal (curses sends the difference); keys are read while idle."""
 
@@ -3585,13 +3941,14 @@ class DashboardRenderer(object):
         self.summary = []
         self.relayout()  # a new scenario may need another grid height
 
-    def emit(self, item, state):
+    def emit(self, item, state, now):
         self.state = state
         # The plain log's GPU grid lines are skipped: the dashboard has a grid of its own.
         if item.kind == "box":
             self.box.append(item.text)
         if item.kind != "grid":
-            segments = log_segments(item, time.strftime("%H:%M:%S"))
+            segments = log_segments(stamp(item, now),
+                                    time.strftime("%H:%M:%S", time.localtime(now)))
             if item.kind == "progress":
                 self.live = segments
             else:
@@ -3859,8 +4216,8 @@ def use_utf8_locale():
 
 
 def open_dashboard(color, ascii_only, pacer):
-    """The dashboard on this terminal, or None where curses cannot drive it (not a terminal,
-    no curses module, no terminfo entry, initscr failing)."""
+    """(the dashboard on this terminal, its glyphs), or None where curses cannot drive it
+    (not a terminal, no curses module, no terminfo entry, initscr failing)."""
     if not sys.stdout.isatty():
         return None
     try:
@@ -3893,30 +4250,47 @@ def open_dashboard(color, ascii_only, pacer):
     finally:
         if renderer is None:
             end_curses(curses)
-    return renderer
+    return None if renderer is None else (renderer, glyphs)
+
+
+def open_screen(plain, color, ascii_only, stream, pacer):
+    """(renderer, glyphs): the dashboard where curses can drive this terminal, else the
+    plain log with glyphs the stream can encode."""
+    opened = None if plain else open_dashboard(color, ascii_only, pacer)
+    if opened is not None:
+        return opened
+    glyphs = ASCII_GLYPHS if ascii_only else pick_glyphs(stream)
+    return PlainRenderer(stream, color, stream.isatty()), glyphs
 
 
 # ==========================================================================================
-# Pacing: the run's clock against the wall clock (only the driver sleeps)
+# The driver: a session of runs, paced against the wall clock (only the driver sleeps)
 # ==========================================================================================
 
 class ExitAfter(Exception):
     """--exit-after elapsed: end quietly with status 0."""
 
 
-class Pacer(object):
-    """Waits until each line is due: the run's clock over --speed, never drifting."""
+class Pacer:
+    """Waits until each line is due: the run's clock over --speed, never drifting; and the
+    wall-clock time each line is shown at."""
 
-    def __init__(self, speed=1.0, instant=False, exit_after=None, monotonic=time.monotonic):
+    def __init__(self, speed=1.0, instant=False, exit_after=None, monotonic=time.monotonic,
+                 wall=time.time):
         self.speed = speed
         self.instant = instant
         self.exit_after = exit_after
         self.monotonic = monotonic
+        self.wall = wall
         self.started = monotonic()
         self.anchor = self.started
 
     def start_run(self):
         self.anchor = self.monotonic()
+
+    def now(self):
+        """The wall-clock time a line shown now carries."""
+        return self.wall()
 
     def run_clock(self, state):
         """The run's clock as of now: during a wait, between the last line and the next."""
@@ -3966,35 +4340,37 @@ class Pacer(object):
 
 
 def drive(stream, state, renderer, pacer):
-    """Render each line of the run and wait out its delay."""
+    """Render each line of the run at the time the pacer reads, and wait out its delay."""
     for item, delay in stream:
         if item is not None:
-            renderer.emit(item, state)
+            renderer.emit(item, state, pacer.now())
         if delay:
             pacer.advance(state, delay, renderer.idle)
 
 
-def run_many(args, renderer, pacer, first_seed):
-    """Run after run (forever unless --runs), each from its own seed."""
-    glyphs = renderer.glyphs
-    index = 0
-    while args.runs is None or index < args.runs:
+def scenarios(first, request, runs):
+    """The session's runs: `first`, already drawn, then one per seed after it (forever
+    unless `runs`); a seed whose draw cannot run is passed over."""
+    yield first
+    for seed in itertools.count(first.seed + 1):
+        if runs is not None and seed >= first.seed + runs:
+            return
         try:
-            sc = build_scenario(first_seed + index, args.model, args.gpus, args.gpu,
-                                args.humor)
+            yield build_scenario(seed, *request)
         except ScenarioError:
-            if index == 0:
-                raise
-            index += 1
             continue
-        state = RunState(sc)
-        pacer.start_run()
-        renderer.start_run(state)
-        drive(run_phases(sc, state, glyphs, args.style), state, renderer, pacer)
-        renderer.end_run(state)
-        index += 1
-        if args.runs is None or index < args.runs:
+
+
+def run_session(runs, style, renderer, glyphs, pacer):
+    """Each scenario of `runs` told in `style` and shown, with a pause between two runs."""
+    for index, sc in enumerate(runs):
+        if index:
             pacer.pause(3.0, renderer.idle)
+        plot = Plot(sc, make_voice(style, sc, glyphs))
+        pacer.start_run()
+        renderer.start_run(plot.state)
+        drive(plot.lines(), plot.state, renderer, pacer)
+        renderer.end_run(plot.state)
 
 
 # ==========================================================================================
@@ -4101,8 +4477,8 @@ def duration_value(text):
     if not text.strip() or not match or not any(match.groups()):
         raise argparse.ArgumentTypeError("%r is not a duration like 90s, 5m or 1h30m" % text)
     hours, minutes, seconds = match.groups()
-    if (hours and minutes and int(minutes) >= 60) or \
-            ((hours or minutes) and seconds and float(seconds) >= 60):
+    if ((hours and minutes and int(minutes) >= 60)
+            or ((hours or minutes) and seconds and float(seconds) >= 60)):
         raise argparse.ArgumentTypeError("%r: minutes and seconds after a larger unit must be "
                                          "under 60" % text)
     if len(text) > 20:
@@ -4179,10 +4555,6 @@ def wants_color(choice, stream, environ):
     return stream.isatty() and environ.get("TERM", "") not in ("", "dumb")
 
 
-# ==========================================================================================
-# main
-# ==========================================================================================
-
 def tolerant(stream):
     """The stream with unencodable characters replaced: a model name the terminal's encoding
     lacks must not end the run."""
@@ -4192,6 +4564,36 @@ def tolerant(stream):
         pass  # Python 3.6, or a stream that cannot change: glyphs are checked anyway
     return stream
 
+
+def run_command(argv, stream):
+    """What argv asks for: a listing, or a session of runs until it ends. Raises what ends
+    it early (Quit, ExitAfter, KeyboardInterrupt, Terminated, TerminalLost, OSError)."""
+    parser, args = parse_args(argv)
+    if args.list_models or args.list_styles:
+        stream.write(list_models() if args.list_models else list_styles())
+        stream.flush()
+        return
+    request = Request(args.model, args.gpus, args.gpu, args.humor)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+    try:
+        first = build_scenario(seed, *request)
+    except ScenarioError as error:
+        parser.error(str(error))
+    pacer = Pacer(args.speed, args.instant, args.exit_after)
+    renderer = None
+    try:
+        renderer, glyphs = open_screen(args.plain, wants_color(args.color, stream, os.environ),
+                                       args.ascii, stream, pacer)
+        run_session(scenarios(first, request, args.runs), args.style, renderer, glyphs, pacer)
+    finally:
+        ignore_signals()
+        if renderer is not None:
+            close_renderer(renderer)
+
+
+# ==========================================================================================
+# main: how the program ends, as an exit status
+# ==========================================================================================
 
 def main(argv=None):
     if sys.stdout is None:
@@ -4204,31 +4606,8 @@ def main(argv=None):
     install_signal_handlers()
     stream = tolerant(sys.stdout)
     status = EXIT_OK
-    renderer = None
     try:
-        try:
-            parser, args = parse_args(sys.argv[1:] if argv is None else argv)
-            if args.list_models or args.list_styles:
-                stream.write(list_models() if args.list_models else list_styles())
-                stream.flush()
-                return EXIT_OK
-            first_seed = args.seed if args.seed is not None else \
-                random.SystemRandom().randrange(2 ** 31)
-            try:
-                build_scenario(first_seed, args.model, args.gpus, args.gpu, args.humor)
-            except ScenarioError as error:
-                parser.error(str(error))
-            pacer = Pacer(args.speed, args.instant, args.exit_after)
-            color = wants_color(args.color, stream, os.environ)
-            renderer = None if args.plain else open_dashboard(color, args.ascii, pacer)
-            if renderer is None:
-                renderer = PlainRenderer(stream, color, stream.isatty(),
-                                         ASCII_GLYPHS if args.ascii else pick_glyphs(stream))
-            run_many(args, renderer, pacer, first_seed)
-        finally:
-            ignore_signals()
-            if renderer is not None:
-                close_renderer(renderer)
+        run_command(sys.argv[1:] if argv is None else argv, stream)
     except (ExitAfter, Quit):
         status = EXIT_OK
     except KeyboardInterrupt:

@@ -23,6 +23,23 @@ def lt():
     return load_llmtrain()
 
 
+def tell(lt, sc, style="classic", glyphs=None):
+    """The plot of a run told in `style`: iterate plot.lines(); plot.state is its state."""
+    return lt.Plot(sc, lt.make_voice(style, sc, glyphs or lt.UNICODE_GLYPHS))
+
+
+def played(lt, sc, style="classic", glyphs=None):
+    """(final state, lines shown) of a whole run: the clock moves on by each delay, as the
+    driver's would, without sleeping; lines are stamped as a renderer stamps them."""
+    plot = tell(lt, sc, style, glyphs)
+    lines = []
+    for item, delay in plot.lines():
+        if item is not None:
+            lines.append((plot.state.clock, lt.stamp(item, 1733855280.405 + plot.state.clock)))
+        plot.state.clock += delay
+    return plot.state, lines
+
+
 def run_cli(*args, **kwargs):
     """Run the real file in a subprocess; stdout is a pipe, so the plain log is printed."""
     env = dict(os.environ)

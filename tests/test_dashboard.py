@@ -1,5 +1,5 @@
 """The dashboard: pure row builders at several widths, and the real program in a real
-pseudo-terminal (stdlib pty, as terminal.md section 5) or a private tmux server.
+pseudo-terminal (stdlib pty, see ptyrun.py) or a private tmux server.
 
 Every wait is on a condition with a deadline; nothing sleeps to make a test pass.
 """
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SCRIPT, load_llmtrain
+from conftest import SCRIPT, load_llmtrain, tell
 from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
 
 lt = load_llmtrain()
@@ -32,10 +32,10 @@ SGR_COLOR = re.compile(rb"\x1b\[(?:[0-9;]*;)?3[0-7](?:;[0-9;]*)?m|\x1b\[38;5;")
 def finished_run(seed=1, **options):
     """A whole run played through without sleeping: its scenario and final state."""
     sc = lt.build_scenario(seed, **options)
-    state = lt.RunState(sc)
-    for _ in lt.run_phases(sc, state, lt.UNICODE_GLYPHS):
+    plot = tell(lt, sc)
+    for _ in plot.lines():
         pass
-    return sc, state
+    return sc, plot.state
 
 
 def fresh_run(seed=1):

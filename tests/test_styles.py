@@ -1,8 +1,9 @@
 """--style: the same run told as each framework logs it.
 
-The regular expressions are written from the formats recorded in ../shared/realism.md
-section A (the frameworks' own format strings), not from llmtrain's output; the numbers are
-checked against the run's scenario.
+The regular expressions are written from the frameworks' own format strings (transformers'
+trainer.py and tqdm's format_meter, Lightning's model summary and progress bar, DeepSpeed's
+logging and timer, Megatron-LM's training_log, torchtitan's metrics, NCCL's debug.cc), not
+from llmtrain's output; the numbers are checked against the run's scenario.
 """
 
 import ast
@@ -13,7 +14,7 @@ import struct
 
 import pytest
 
-from conftest import run_cli
+from conftest import played, run_cli
 
 SEEDS = list(range(1, 41))
 FRAMEWORKS = ["hf", "lightning", "deepspeed", "megatron", "torchtitan"]
@@ -24,25 +25,15 @@ def told(lt, seed, style, gpu=None, gpus=None):
     """(scenario, final state, lines) of one whole run told in `style`: the run's clock moves
     on by each delay, as the driver's would, without sleeping."""
     sc = lt.build_scenario(seed, gpus=gpus, gpu_key=gpu)
-    state = lt.RunState(sc)
-    lines = []
-    for item, delay in lt.run_phases(sc, state, lt.UNICODE_GLYPHS, style):
-        if item is not None:
-            lines.append(item)
-        state.clock += delay
-    return sc, state, lines
+    state, shown = played(lt, sc, style)
+    return sc, state, [item for _, item in shown]
 
 
 def clocked(lt, seed, style, gpu=None):
     """(scenario, [(clock when shown, text)]) of one whole run told in `style`."""
     sc = lt.build_scenario(seed, gpu_key=gpu)
-    state = lt.RunState(sc)
-    shown = []
-    for item, delay in lt.run_phases(sc, state, lt.UNICODE_GLYPHS, style):
-        if item is not None:
-            shown.append((state.clock, item.text))
-        state.clock += delay
-    return sc, shown
+    _, shown = played(lt, sc, style)
+    return sc, [(clock, item.text) for clock, item in shown]
 
 
 def seconds_of(text):
@@ -298,7 +289,7 @@ LIGHTNING_CKPT = re.compile(r"^Epoch (\d+), global step (\d+): 'val_loss' reache
 
 
 def readable(number):
-    """get_human_readable_count as realism.md A3 describes it."""
+    """Lightning's get_human_readable_count (utilities/model_summary)."""
     labels = [" ", "K", "M", "B", "T"]
     digits = len(str(int(number))) if number else 1
     groups = min(-(-digits // 3), len(labels))
@@ -479,7 +470,7 @@ def test_megatron_iteration_lines_agree_with_the_scenario(lt):
             assert int(m.group(3)) == iteration * sc.global_batch
             assert int(m.group(7)) == sc.global_batch
             if iteration == sc.segments[0].updates[0][0]:
-                # The first iteration after a (re)start is slow (realism.md A5): warm-up.
+                # The first iteration after a (re)start is slow: compile, NCCL set-up, warm-up.
                 assert float(m.group(4)) > sc.step_seconds * 1000
                 assert float(m.group(5)) < sc.tflops_per_gpu
             else:
@@ -539,7 +530,7 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
             # An fp16 overflow step: the loss is known, the gradient norm is inf.
             assert re.match(r"^ *(\d+\.\d{4}|inf)$", m.group(3))
             tps = int(m.group(6).replace(",", ""))
-            if int(m.group(1)) == sc.segments[0].updates[0][0]:  # warm-up (realism.md A6)
+            if int(m.group(1)) == sc.segments[0].updates[0][0]:  # warm-up: step 1 is slow
                 assert tps < sc.cluster_tokens_per_s / float(sc.gpus)
             else:
                 assert close(tps, sc.cluster_tokens_per_s / float(sc.gpus), 0.01)
@@ -567,9 +558,7 @@ def test_every_style_tells_the_same_run(lt):
         styles = ["classic"] + FRAMEWORKS
         for style in styles:
             sc = lt.build_scenario(seed, gpu_key=gpu)
-            state = lt.RunState(sc)
-            for item, delay in lt.run_phases(sc, state, lt.ASCII_GLYPHS, style):
-                state.clock += delay
+            state, _ = played(lt, sc, style, lt.ASCII_GLYPHS)
             told_as = (state.loss_history, state.val_history, state.tokens_trained,
                        state.checkpoints, state.step, round(state.clock, 6))
             if base is None:
@@ -616,15 +605,16 @@ def test_an_adapter_run_asked_of_megatron_or_torchtitan_says_so_once_and_stays_t
         sc, state, lines = told(lt, seed, style, gpu=gpu)
         out = texts(lines)
         notices = [t for t in out if t.startswith("llmtrain: --style ")]
+        told_as = lt.make_voice(style, sc, lt.UNICODE_GLYPHS).name
         if sc.method not in ADAPTERS:
-            assert notices == [] and state.style == style
+            assert notices == [] and told_as == style
             continue
         adapter_runs += 1
         # One clear line first, then the run told where adapters live: transformers + PEFT.
         assert len(notices) == 1 and out[0] == notices[0]
         assert "--style %s:" % style in notices[0] and "LoRA" in notices[0]
         assert "this %s run" % lt.method_title(sc) in notices[0]
-        assert state.style == "hf"
+        assert told_as == "hf"
         assert not any("use_distributed_optimizer" in t or t.startswith("[titan]")
                        for t in out)
         trainable = [t for t in out if "Number of trainable parameters = " in t]
