@@ -1,5 +1,6 @@
-"""The program on a pseudo-terminal we own (terminal.md section 5): shared by the dashboard
-tests and the benchmark. Standard library only."""
+"""The program on a pseudo-terminal we own (os.openpty, its size set with TIOCSWINSZ, the
+slave made the child's controlling terminal): shared by the dashboard tests and the
+benchmark. Standard library only."""
 
 import fcntl
 import os
