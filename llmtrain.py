@@ -3580,7 +3580,7 @@ def header_lines(state, width, run_clock, glyphs):
     where = "Epoch %d/%d  Step %s/%s " % (
         state.epoch, sc.epochs, fmt_int(max(0, state.step)), fmt_int(sc.total_steps))
     # A resumed job's bar is this session's share; its step count is the whole job's.
-    session = " of session" if sc.first_step > 1 else ""
+    session = " of session" if sc.resumed else ""
     when = " %5.1f%%%s  Elapsed %s  ETA %s" % (100.0 * state.progress, session,
                                                fmt_duration(run_clock), eta)
     bar_width = width - len(where) - len(when) - 2
