@@ -1686,9 +1686,15 @@ def checkpoint_path(sc, step, epoch):
 
 
 def paced(lines, seconds, pacing_rng):
-    """Spread `seconds` over lines with bursts and pauses: most lines come quickly."""
+    """Spread `seconds` over lines with bursts and pauses: most lines come quickly, and the
+    lines of one logging block (joined) come in the same instant."""
     weights = [pacing_rng.choice([0.2, 0.3, 0.5, 1.0, 1.0, 2.5]) for _ in lines]
+    for index in range(len(lines) - 1):
+        if lines[index + 1].joined:
+            weights[index] = 0.0
     total = math.fsum(weights)
+    if weights and not total:
+        weights[-1] = total = 1.0
     for item, weight in zip(lines, weights):
         yield item, seconds * weight / total
 
@@ -1864,12 +1870,18 @@ class Plot:
 #: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
 #: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
 #: tag means the text already is the whole line (the summary box, every framework style).
-#: mark: what the line means to the run ("val_loss", "saved"), or None.
-Line = collections.namedtuple("Line", "text kind tag mark")
+#: mark: what the line means to the run ("val_loss", "saved"), or None. joined: printed in
+#: the same instant as the line before it (one logging block).
+Line = collections.namedtuple("Line", "text kind tag mark joined")
 
 
-def line(text, kind="info", tag="", mark=None):
-    return Line(text, kind, tag, mark)
+def line(text, kind="info", tag="", mark=None, joined=False):
+    return Line(text, kind, tag, mark, joined)
+
+
+def block(lines):
+    """Lines that one logging call (or one burst of them) prints at once."""
+    return lines[:1] + [item._replace(joined=True) for item in lines[1:]]
 
 
 #: The level name Python's logging prints for a line of each kind.
@@ -2545,7 +2557,8 @@ class FrameworkVoice(Voice):
 
     def relog(self, lines):
         """Classic lines re-told through this framework's logger, their marks kept."""
-        return [self.log(item.text, item.kind)._replace(mark=item.mark) for item in lines]
+        return [self.log(item.text, item.kind)._replace(mark=item.mark, joined=item.joined)
+                for item in lines]
 
     # --- the start every torchrun job shares ----------------------------------------
     def smi_lines(self):
