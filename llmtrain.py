@@ -3,9 +3,12 @@
 
 Like genact fakes a kernel compile, llmtrain fills the screen with a distributed LLM
 training run: torchrun/NCCL start-up, a GPU grid, a falling loss, an ETA that counts down,
-validation, checkpoints, a SafeTensors export and a summary. Every figure is derived from one
-scenario (GPU type and count, model, method, dataset, batch, schedule), so the numbers add up,
-and at --speed 1 the on-screen clock agrees with a stopwatch.
+validation, checkpoints and the job's last lines. A run is a fine-tune on an instruction set,
+a from-scratch speedrun of a small model, or the final stretch of a long pretraining job
+resumed from its checkpoint. Every figure is derived from one scenario (GPU type and count,
+model, method, dataset, batch, schedule), so the numbers add up, and at --speed 1 the
+on-screen clock agrees with a stopwatch. Runs after the first start at the shell prompt of
+the same cluster, with the command that launches them.
 
 Usage:
     python3 llmtrain.py                     full-screen dashboard on a terminal, forever
@@ -24,9 +27,9 @@ Styles: `classic` (the default) is llmtrain's own tagged log. The others tell th
 (same scenario, numbers and pacing for a seed) in one framework's own words: nvidia-smi,
 torchrun's launcher and NCCL's init, then the Hugging Face Trainer, PyTorch Lightning,
 DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and timestamps.
-`random` picks one of those per run from the run's seed, among the frameworks that can train
-the run's method: Megatron-LM and torchtitan train whole models only, and a LoRA/QLoRA run
-asked of them is told in the `hf` style, with one line that says so.
+A style asked for by name is given a run its framework trains (Megatron-LM and torchtitan
+train whole models only, Lightning has no pipeline parallelism), as --model narrows the draw;
+`random` picks, per run and from the run's seed, among the frameworks that can train it.
 
 Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
 loss, LR, tok/s, and a chart of the training loss with validation points marked), the
@@ -75,12 +78,21 @@ __version__ = "1.0.0"
 #: Pacing at --speed 1, in seconds of the run's clock: a whole run lasts 2-4 minutes.
 INIT_SECONDS = (5.0, 10.0)
 SEGMENT_SECONDS = (30.0, 60.0)
+#: The one stretch of a resumed job's final decay fills what the rest of the run leaves.
+FINAL_STRETCH_SECONDS = (90.0, 170.0)
 VALIDATION_SECONDS = (5.0, 10.0)
-CHECKPOINT_SECONDS = (3.0, 5.0)
-EXPORT_SECONDS = (5.0, 10.0)
 PHASE_GAP_SECONDS = (0.4, 1.5)
 FIRST_STEP_EXTRA_SECONDS = (2.0, 4.0)
 RUN_SECONDS = (135.0, 220.0)
+#: Sustained write rates (GB/s): one node's checkpoint shards to a parallel file system
+#: (NVIDIA's DGX benchmark saves an 8B checkpoint of ~105 GB from one node in 24.9 s), and
+#: one process writing the final model with save_pretrained.
+NODE_WRITE_GBS = (2.0, 5.0)
+RANK0_WRITE_GBS = (1.2, 2.2)
+#: A synchronous checkpoint longer than this is staged to host memory and written async.
+ASYNC_CHECKPOINT_SECONDS = 8.0
+#: A final model that takes longer than this to write is left to the last checkpoint.
+MAX_EXPORT_SECONDS = 75.0
 #: No run is longer than this, whatever was asked for (seconds at --speed 1).
 RUN_HARD_LIMIT_SECONDS = 300
 #: Whole epochs come in whole steps; a run still short of this gets longer fixed phases.
@@ -183,6 +195,12 @@ Model = collections.namedtuple(
 
 #: Published configurations (each model's config.json or paper) and exact parameter counts.
 MODELS = [
+    Model("GPT-2", 124439808, 124439808, 50257, 12, 768, 12, 12, 3072, "GPT-2 BPE", 6e-4,
+          "gpt2", False, 1024),
+    Model("Qwen2.5-0.5B", 494032768, 494032768, 151936, 24, 896, 14, 2, 4864, "Qwen2 BPE",
+          6e-4, "qwen", False, 32768),
+    Model("Llama-3.2-1B", 1235814400, 1235814400, 128256, 16, 2048, 32, 8, 8192,
+          "Llama 3 tiktoken", 4e-4, "llama", False, 131072),
     Model("GPT-2-XL", 1557611200, 1557611200, 50257, 48, 1600, 25, 25, 6400, "GPT-2 BPE",
           2e-4, "gpt2", False, 1024),
     Model("Llama-2-7B", 6738415616, 6738415616, 32000, 32, 4096, 32, 32, 11008,
@@ -213,7 +231,27 @@ MODELS = [
           "Qwen2 BPE", 1.5e-4, "qwen", False, 131072),
     Model("Llama-3.1-405B", 405853388800, 405853388800, 128256, 126, 16384, 128, 8, 53248,
           "Llama 3 tiktoken", 8e-5, "llama", False, 131072),
+    Model("Llama-3.2-3B", 3212749824, 3212749824, 128256, 28, 3072, 24, 8, 8192,
+          "Llama 3 tiktoken", 3e-4, "llama", False, 131072),
 ]
+
+#: What a default run is, and how often: a fine-tune on an instruction set, a from-scratch
+#: speedrun of a small model (the whole job in minutes, as the public GPT-2 124M speedrun on
+#: 8 x H100), or the final stretch of a long pretraining job resumed from its checkpoint.
+JOB_KINDS = ["sft"] * 64 + ["speedrun"] * 23 + ["pretrain"] * 13
+#: The models each kind draws from; a name listed twice is drawn twice as often.
+KIND_MODELS = {
+    "sft": ["Llama-3.1-8B"] * 4 + ["Qwen2.5-7B"] * 3 + ["Mistral-7B-v0.1", "Gemma-2-9B",
+                                                         "Llama-3.1-70B", "Qwen2.5-72B"] * 2
+           + ["Llama-3.2-3B", "Gemma-2-27B", "Mixtral-8x7B", "Llama-2-7B", "Llama-2-13B",
+              "Falcon-7B", "GPT-NeoX-20B", "Llama-2-70B"],
+    "speedrun": ["GPT-2"] * 3 + ["Qwen2.5-0.5B", "Llama-3.2-1B", "GPT-2-XL"],
+    "pretrain": ["Llama-3.1-8B", "Qwen2.5-7B", "Mistral-7B-v0.1", "Gemma-2-9B", "Llama-2-13B",
+                 "Gemma-2-27B", "Mixtral-8x7B", "Llama-3.1-70B", "Qwen2.5-72B",
+                 "Llama-3.1-405B"],
+}
+#: GPUs a default run of each kind has (pretraining jobs get the cluster their model needs).
+KIND_GPU_COUNTS = {"sft": (8, 16, 16, 32, 32, 64), "speedrun": (8, 8, 8, 16, 32)}
 
 #: Funny names; their sizes are read from the name like any custom model's.
 FUNNY_MODEL_NAMES = ["ButtGPT-420B", "Clippy-2-70B", "GPT-Sus-69B", "ChadLlama-13B",
@@ -232,6 +270,7 @@ SFT_DATASETS = [
     Dataset("GAIR/lima", 1030, 1700, "sft", False),
 ]
 PRETRAIN_DATASETS = [
+    Dataset("HuggingFaceFW/fineweb", 0, 15e12, "pretrain", False),
     Dataset("HuggingFaceFW/fineweb-edu", 0, 1.3e12, "pretrain", False),
     Dataset("cerebras/SlimPajama-627B", 0, 627e9, "pretrain", False),
     Dataset("allenai/dolma", 0, 3e12, "pretrain", False),
@@ -254,6 +293,25 @@ METHOD_TITLES = {"full": "Full fine-tune", "lora": "LoRA (r=16, alpha=32, all li
 LORA_RANK = {"lora": 16, "qlora": 64}
 #: Methods that train adapters on a frozen base model.
 ADAPTER_METHODS = ("lora", "qlora")
+#: Strategies that shard a frozen base model across the GPUs too.
+SHARDED_BASE = ("FSDP (FULL_SHARD)", "DeepSpeed ZeRO-3")
+
+#: What each --style's software trains: its methods, the sharding strategies it has, and
+#: whether it splits layers across GPUs (tensor and pipeline parallel, "3d") or only shards
+#: data parallel ("dp": FSDP or ZeRO; Lightning and the HF Trainer have no pipeline stages).
+Framework = collections.namedtuple("Framework", "methods strategies layouts")
+ALL_STRATEGIES = ("single GPU", "DDP", "FSDP (FULL_SHARD)", "DeepSpeed ZeRO-2",
+                  "DeepSpeed ZeRO-3", "3D")
+FRAMEWORKS = {
+    "classic": Framework(("full", "lora", "qlora", "pretrain"), ALL_STRATEGIES, "3d"),
+    "hf": Framework(("full", "lora", "qlora", "pretrain"), ALL_STRATEGIES[:5], "dp"),
+    "lightning": Framework(("full", "lora", "qlora", "pretrain"), ALL_STRATEGIES[:5], "dp"),
+    "deepspeed": Framework(("full", "lora", "qlora", "pretrain"),
+                           ("single GPU", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3"), "dp"),
+    "megatron": Framework(("full", "pretrain"), ALL_STRATEGIES, "3d"),
+    "torchtitan": Framework(("full", "pretrain"), ("single GPU", "DDP", "FSDP (FULL_SHARD)",
+                                                   "3D"), "3d"),
+}
 
 # ==========================================================================================
 # Models and clusters: what a training job costs, as pure functions of its parts
@@ -347,20 +405,20 @@ def state_bytes_per_gpu(model, method, strategy, gpus, tp, pp):
     precision Adam (the ZeRO paper), sharded as the strategy shards it; Megatron-LM's
     distributed optimizer keeps 6 + 12/DP."""
     n = float(model.params)
-    if method == "pretrain":
+    if strategy == "3D":
         dp = gpus // (tp * pp)
         return (6 + 12.0 / dp) * n / (tp * pp)
-    if method == "full":
-        if strategy == "DDP":
-            return 16 * n
-        if strategy == "DeepSpeed ZeRO-2":
-            return 2 * n + 14 * n / gpus
-        return 16 * n / gpus
-    adapters = 16.0 * lora_params(model, LORA_RANK[method])
-    base = 2 * n if method == "lora" else 0.56 * n
-    if strategy.startswith("FSDP"):
-        base /= gpus
-    return base + adapters
+    if method in ADAPTER_METHODS:
+        adapters = 16.0 * lora_params(model, LORA_RANK[method])
+        base = 2 * n if method == "lora" else 0.56 * n
+        if strategy in SHARDED_BASE:
+            base /= gpus
+        return base + adapters
+    if strategy in ("DDP", "single GPU"):
+        return 16 * n
+    if strategy == "DeepSpeed ZeRO-2":
+        return 2 * n + 14 * n / gpus
+    return 16 * n / gpus
 
 
 def activation_bytes(model, micro_batch, seq_len, tp, pp):
@@ -386,13 +444,14 @@ def pretraining_seq_len(model):
     return min(8192 if model.vocab == 128256 else 4096, model.context)
 
 
-def parallel_layout(model, method, gpu, gpus, per_node):
-    """(tp, pp) for a pretraining job: tensor parallel inside a node, pipeline across."""
-    if method != "pretrain":
+def parallel_layout(model, method, strategy, gpu, gpus, per_node):
+    """(tp, pp): tensor parallel inside a node, pipeline across, for a 3D layout; 1, 1 for
+    the data-parallel strategies; None when even the largest layout does not fit."""
+    if strategy != "3D":
         return 1, 1
     tp = 1
     pp = 1
-    while (memory_gib(model, method, "", gpus, tp, pp, 1, pretraining_seq_len(model))
+    while (memory_gib(model, method, "3D", gpus, tp, pp, 1, pretraining_seq_len(model))
            > MEMORY_HEADROOM * gpu.capacity_gib):
         if tp < min(8, per_node):
             tp *= 2
@@ -405,16 +464,20 @@ def parallel_layout(model, method, gpu, gpus, per_node):
     return tp, pp
 
 
-def strategy_options(method, gpus):
-    """Sharding strategies a sensible engineer would pick for this method."""
-    if method == "pretrain":
-        return ["3D"]
+def strategy_options(method, gpus, framework):
+    """Sharding strategies a sensible engineer would pick for this method, among those the
+    framework has: pretraining splits layers (3D) where it can, else shards fully."""
     if gpus == 1:
-        return ["single GPU"]
-    if method == "full":
-        return ["FSDP (FULL_SHARD)", "DeepSpeed ZeRO-3", "DeepSpeed ZeRO-2", "DDP"]
-    # FSDP shards the frozen (or 4-bit) base too: how 70B-405B adapters train on one node.
-    return ["DDP", "FSDP (FULL_SHARD)"]
+        options = ["single GPU"]
+    elif method == "pretrain":
+        options = ["3D"] if framework.layouts == "3d" else ["FSDP (FULL_SHARD)",
+                                                            "DeepSpeed ZeRO-3"]
+    elif method == "full":
+        options = ["FSDP (FULL_SHARD)", "DeepSpeed ZeRO-3", "DeepSpeed ZeRO-2", "DDP"]
+    else:
+        # FSDP shards the frozen (or 4-bit) base too: how 70B-405B adapters fit on one node.
+        options = ["DDP", "FSDP (FULL_SHARD)", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3"]
+    return [option for option in options if option in framework.strategies]
 
 
 def best_micro_batch(model, method, strategy, gpu, gpus, tp, pp, seq_len):
@@ -445,46 +508,49 @@ def pretraining_gpus(model, gpu):
                                                      "pretrain")
     gpus = 64
     while gpus < MAX_GPUS and (
-            parallel_layout(model, "pretrain", gpu, gpus, 8) is None or
+            parallel_layout(model, "pretrain", "3D", gpu, gpus, 8) is None or
             pretraining_batch_tokens(model) / (per_gpu * gpus) > 8.0):
         gpus *= 2
     return gpus
 
 
-def pick_method(rng, model, gpu, gpus, pretrain):
-    """A method, strategy and (tp, pp) under which the model fits; None if nothing does."""
-    nodes, per_node = cluster_shape(gpus)
+def pick_method(rng, model, gpu, gpus, pretrain, framework):
+    """A method, strategy and (tp, pp) under which the model fits, among what the framework
+    trains; None if nothing does."""
+    per_node = cluster_shape(gpus)[1]
     methods = ["pretrain"] if pretrain else ["full", "full", "lora", "qlora"]
     if gpus > 8:
         # QLoRA is how a model fits on a few GPUs; on a cluster it is only the last resort.
         methods = [m for m in methods if m != "qlora"]
+    methods = [m for m in methods if m in framework.methods]
     order = []
     while methods:
         pick = rng.choice(methods)
         methods = [m for m in methods if m != pick]
         order.append(pick)
     if not pretrain:
-        order += [m for m in ("full", "lora", "qlora") if m not in order]
+        order += [m for m in ("full", "lora", "qlora")
+                  if m not in order and m in framework.methods]
     for method in order:
-        layout = parallel_layout(model, method, gpu, gpus, per_node)
-        if layout is None:
+        strategies = strategy_options(method, gpus, framework)
+        if not strategies:
             continue
-        strategies = strategy_options(method, gpus)
         first = rng.choice(strategies)
         for strategy in [first] + [s for s in strategies if s != first]:
+            layout = parallel_layout(model, method, strategy, gpu, gpus, per_node)
             seq_len = pretraining_seq_len(model) if method == "pretrain" else 512
-            if best_micro_batch(model, method, strategy, gpu, gpus, layout[0], layout[1],
-                                seq_len):
+            if layout and best_micro_batch(model, method, strategy, gpu, gpus, layout[0],
+                                           layout[1], seq_len):
                 return method, strategy, layout
     return None
 
 
-def smallest_cluster(model, gpu, pretrain):
+def smallest_cluster(model, gpu, pretrain, framework):
     """Fewest GPUs (powers of two) on which some method fits this model."""
     gpus = 1
     while gpus <= MAX_GPUS:
         # Whether anything fits does not depend on the order tried: any stream will do.
-        if pick_method(random.Random(0), model, gpu, gpus, pretrain) is not None:
+        if pick_method(random.Random(0), model, gpu, gpus, pretrain, framework) is not None:
             return gpus
         gpus *= 2
     return None
@@ -516,16 +582,21 @@ Identity = collections.namedtuple(
                 "loss_scale_power allocator_slack_mb")
 
 
-def draw_identity(seed):
-    """The job's identity: process ids from their own stream, the rest from the seed."""
+def draw_identity(seed, subnet=None):
+    """The job's identity: process ids from their own stream, the rest from the seed; a
+    session's later jobs keep the first one's subnet."""
     ids = random_stream(seed, "identity")
     launcher_pid = ids.randint(20000, 3999999)
     worker_pid = launcher_pid + ids.randint(40, 90)
     init_tid = worker_pid + ids.randint(120, 400)
     comm = 0x550000000000 + ids.randint(0, 0xffffffffff) * 16
     comm_id = ids.getrandbits(64)
-    return Identity((seed % 7 + 1, seed % 200), launcher_pid, worker_pid, init_tid, comm,
-                    comm_id, 1 + seed % 5, 14 + seed % 4, 2 * (seed % 256))
+    return Identity(subnet or (seed % 7 + 1, seed % 200), launcher_pid, worker_pid, init_tid,
+                    comm, comm_id, 1 + seed % 5, 14 + seed % 4, 2 * (seed % 256))
+
+
+#: What a session keeps from run to run: the allocation's GPUs, its hosts and its network.
+Cluster = collections.namedtuple("Cluster", "gpu_key gpus hosts subnet")
 
 
 class Scenario:
@@ -539,6 +610,9 @@ class Scenario:
         # --- the job on its cluster (draw_job) ------------------------------------------
         #: The seed every random stream of the run derives from (random_stream).
         "seed",
+        #: sft (a fine-tune), speedrun (a small model pretrained from scratch, the whole
+        #: job) or pretrain (the final stretch of a long pretraining job, resumed).
+        "kind",
         #: GPU type (a GPUS entry) and how many.
         "gpu", "gpus",
         #: Servers, and GPUs in each (cluster_shape).
@@ -547,7 +621,8 @@ class Scenario:
         "model",
         #: full, lora, qlora (fine-tunes) or pretrain.
         "method",
-        #: Sharding as a user names it: DDP, FSDP (FULL_SHARD), DeepSpeed ZeRO-2/3, Megatron.
+        #: Sharding: single GPU, DDP, FSDP (FULL_SHARD), DeepSpeed ZeRO-2/3, or 3D (layers
+        #: split tensor and pipeline parallel, Megatron-LM's distributed optimizer).
         "strategy",
         #: Tensor, pipeline and data parallel degrees: tp * pp * dp == gpus.
         "tp", "pp", "dp",
@@ -574,11 +649,14 @@ class Scenario:
         "log_every",
         #: Progress updates per optimizer step when steps are long (micro-steps shown).
         "micro_updates",
-        # --- the schedule of the whole job (plan_finetune, plan_pretraining) -----------
-        #: Peak and final learning rate, and the decay after warmup: cosine or linear.
-        "peak_lr", "min_lr", "schedule",
+        # --- the schedule of the whole job (plan_finetune, plan_speedrun, plan_resumed) --
+        #: Peak and final learning rate, and the decay after warmup: cosine, linear, or wsd
+        #: (warmup, stable, then a linear decay over the last decay_steps).
+        "peak_lr", "min_lr", "schedule", "decay_steps",
         #: Epochs, optimizer steps in each, in the whole job, and of warmup.
         "epochs", "steps_per_epoch", "total_steps", "warmup_steps",
+        #: The job's evaluation and checkpoint intervals, in steps, as configured.
+        "eval_interval", "save_interval",
         # --- the data ------------------------------------------------------------------
         #: The dataset (a Dataset): an instruction set or a pretraining corpus.
         "dataset",
@@ -601,6 +679,8 @@ class Scenario:
         "loss_floor", "loss_coefficient",
         #: fresh: tokens after which half the way to the floor is gone (None otherwise).
         "loss_tokens_half",
+        #: wsd: how far the final learning-rate decay brings the loss down (0 otherwise).
+        "cooldown_drop",
         #: Step-to-step noise of the loss (shrinks with the batch).
         "noise",
         #: Gradient norm at the start and where it settles.
@@ -608,11 +688,17 @@ class Scenario:
         # --- the session: the part of the job this run shows ---------------------------
         #: First optimizer step shown (1 unless the job resumes from a checkpoint).
         "first_step",
-        #: Steps between evaluations (and checkpoints), and how many such segments.
+        #: Steps between the evaluations shown, and how many such segments.
         "eval_every", "segment_count",
         #: Training time of the job before this session (0 for a fresh job).
         "resumed_seconds",
-        # --- the story (draw_story) ----------------------------------------------------
+        # --- storage (draw_storage) ----------------------------------------------------
+        #: Sustained checkpoint write rate of one node to the shared file system, and of a
+        #: single process writing the final model (GB/s).
+        "node_write_gbs", "rank0_write_gbs",
+        #: Whether checkpoints are staged to host memory and written in the background.
+        "checkpoint_async",
+        # --- the story -----------------------------------------------------------------
         #: Checkpoint directory, `{epoch}` filled by checkpoint_dir().
         "checkpoint_root",
         #: Rare events (Event), in step order.
@@ -620,7 +706,8 @@ class Scenario:
         # --- the timeline: seconds of each phase at --speed 1 (plan_timeline) ----------
         #: Start-up, the gap before training, the first step's warm-up, the export.
         "init_s", "start_gap_s", "first_step_extra_s", "export_s",
-        #: The training segments (Segment), each followed by validation and a checkpoint.
+        #: The training segments (Segment), each followed by validation (and a checkpoint
+        #: where the job saves).
         "segments",
         # --- names (name_cluster) ------------------------------------------------------
         #: Node host names, and the rendezvous port.
@@ -681,6 +768,10 @@ class Scenario:
         """Epoch (1-based) that optimizer step `step` belongs to."""
         return min(self.epochs, max(1, (step - 1) // self.steps_per_epoch + 1))
 
+    def cluster(self):
+        """What a session's next job keeps: the allocation's GPUs, hosts and network."""
+        return Cluster(self.gpu.key, self.gpus, self.hosts, self.identity.subnet)
+
     def checkpoint_dir(self, epoch):
         """The checkpoint directory of an epoch (most names do not depend on it)."""
         return self.checkpoint_root.format(epoch=epoch)
@@ -707,21 +798,29 @@ def scheduler_steps(sc, step):
                       if event.kind in SKIPPING_EVENTS and event.step <= step)
 
 
-def lr_at(sc, step):
-    """Learning rate after optimizer step `step` (1-based, counted over the whole job)."""
-    scale = lr_scale_at(sc, step)
+def lr_at(sc, step, spike_cuts=False):
+    """Learning rate after optimizer step `step` (1-based, counted over the whole job).
+    spike_cuts: the training script halves the LR for good after each loss spike."""
+    scale = lr_scale_at(sc, step) if spike_cuts else 1.0
     step = scheduler_steps(sc, step)
     if step <= sc.warmup_steps:
         lr = sc.peak_lr * step / float(max(1, sc.warmup_steps))
     else:
-        progress = (step - sc.warmup_steps) / float(max(1, sc.total_steps - sc.warmup_steps))
-        progress = min(1.0, progress)
-        if sc.schedule == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            shape = 1.0 - progress
-        lr = sc.min_lr + (sc.peak_lr - sc.min_lr) * shape
+        lr = sc.min_lr + (sc.peak_lr - sc.min_lr) * decay_shape(sc, step)
     return lr * scale
+
+
+def decay_shape(sc, step):
+    """The share of (peak - min) LR left after warmup: cosine or linear over the rest of
+    the job, or for wsd constant until the last decay_steps, then linear to min."""
+    if sc.schedule == "wsd":
+        decay_start = sc.total_steps - sc.decay_steps
+        return 1.0 - min(1.0, max(0.0, (step - decay_start) / float(sc.decay_steps)))
+    progress = (step - sc.warmup_steps) / float(max(1, sc.total_steps - sc.warmup_steps))
+    progress = min(1.0, progress)
+    if sc.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
 
 
 def lr_scale_at(sc, step):
@@ -743,13 +842,21 @@ def expected_loss(sc, step):
         stairs = -sc.epoch_drop * (sc.epoch_of(step) - 1)
         return sc.loss_plateau + fast + drift + stairs
     if sc.loss_curve == "fresh":
-        tokens = step * sc.tokens_per_step
-        plateau = 1.0 if step < 6 else 1.0 / (1.0 + ((tokens - 5 * sc.tokens_per_step)
-                                                     / sc.loss_tokens_half) ** 0.75)
-        return sc.loss_floor + (sc.loss_start - sc.loss_floor) * plateau
-    # A resumed pretraining job: a slow power-law decline in tokens seen.
+        # Near ln(vocab) while the LR warms up, then a power-law fall in tokens seen: the
+        # public GPT-2 124M speedrun logs 4.64 after 49M tokens and 3.28 after 696M.
+        warmup = max(1, sc.warmup_steps)
+        ramp = min(step, warmup)
+        tokens = (ramp * (ramp + 1) / (2.0 * warmup) + max(0, step - warmup)) * (
+            sc.tokens_per_step)
+        return sc.loss_floor + (sc.loss_start - sc.loss_floor) / (
+            1.0 + (tokens / sc.loss_tokens_half) ** 0.58)
+    # A resumed pretraining job: a slow power-law decline in tokens seen (Chinchilla), and
+    # the drop a final learning-rate decay brings, deepening as the LR falls.
     tokens = float(step) * sc.tokens_per_step
-    return sc.loss_floor + sc.loss_coefficient / tokens ** 0.28
+    cooled = 0.0
+    if sc.schedule == "wsd":
+        cooled = sc.cooldown_drop * (1.0 - decay_shape(sc, step)) ** 1.3
+    return sc.loss_floor + sc.loss_coefficient / tokens ** 0.28 - cooled
 
 
 def spike_boost(sc, step):
@@ -777,8 +884,9 @@ def grad_norm_at(sc, step, noise_rng):
 
 
 def val_loss_at(sc, step, noise_rng):
-    """Validation loss: near train loss for pretraining; above it in later SFT epochs."""
-    expected = expected_loss(sc, step)
+    """Validation loss: near train loss for pretraining; above it in later SFT epochs; a
+    recent spike shows in it too."""
+    expected = expected_loss(sc, step) + spike_boost(sc, step)
     if sc.loss_curve == "sft":
         epoch = sc.epoch_of(step)
         # Later epochs memorise: train loss steps down, validation loss barely moves.
@@ -815,15 +923,19 @@ def trainable_params(sc):
     return sc.model.params
 
 
-def checkpoint_bytes(sc):
-    """(model bytes, optimizer bytes) of one resumable checkpoint: bf16 weights of what
-    trains, fp32 master weights and Adam's m and v."""
-    return 2 * trainable_params(sc), 12 * trainable_params(sc)
+def checkpoint_bytes(job):
+    """(model bytes, optimizer bytes) of one resumable checkpoint: bf16 weights, fp32
+    master weights and Adam's m and v; adapters train in fp32 (PEFT upcasts them), so they
+    keep no separate master copy."""
+    trainable = trainable_params(job)
+    if job.method in ADAPTER_METHODS:
+        return 4 * trainable, 8 * trainable
+    return 2 * trainable, 12 * trainable
 
 
-def export_bytes(sc):
-    """Bytes of the exported weights: bf16 model, or just the adapters for LoRA/QLoRA."""
-    return 2 * trainable_params(sc)
+def export_bytes(job):
+    """Bytes of the exported weights: the bf16 model, or the fp32 adapters for LoRA/QLoRA."""
+    return (4 if job.method in ADAPTER_METHODS else 2) * trainable_params(job)
 
 
 def safetensors_shards(nbytes):
@@ -841,9 +953,48 @@ def export_files(sc):
     return ["model-%05d-of-%05d.safetensors" % (i, shards) for i in range(1, shards + 1)]
 
 
-def export_writers(sc):
-    """Ranks that write the export's shards in parallel: one shard file each at most."""
-    return max(1, min(len(export_files(sc)), sc.gpus))
+# --- storage: how long saving takes, from the bytes ---------------------------------------
+
+def sharded_checkpoint(job):
+    """Whether every rank writes its own shard of the checkpoint (sharded optimizers);
+    else rank 0 writes the whole state (DDP, one GPU)."""
+    return job.strategy in ("3D", "FSDP (FULL_SHARD)", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3")
+
+
+def checkpoint_writers(job):
+    """Nodes that write a checkpoint at once."""
+    return job.nodes if sharded_checkpoint(job) else 1
+
+
+def checkpoint_write_seconds(job, node_write_gbs):
+    """Seconds a synchronous checkpoint takes: the bytes over the writers' write rate,
+    plus the metadata and the barrier that end every save."""
+    return (math.fsum(checkpoint_bytes(job)) / GB
+            / (checkpoint_writers(job) * node_write_gbs) + 0.15)
+
+
+def staging_seconds(job):
+    """Seconds to copy a node's share of the checkpoint to pinned host memory (an async
+    save): device-to-host over PCIe, Gen4 on A100 systems, Gen5 on the newer ones."""
+    per_gpu_gbs = 12.0 if job.gpu.key.startswith("a100") else 24.0
+    per_node = math.fsum(checkpoint_bytes(job)) / GB / checkpoint_writers(job)
+    return per_node / (per_gpu_gbs * job.per_node) + 0.1
+
+
+def checkpoint_seconds(job, storage):
+    """Seconds a checkpoint holds up training: the staging to host memory when it goes
+    async, else the whole write."""
+    if storage.checkpoint_async:
+        return staging_seconds(job)
+    return checkpoint_write_seconds(job, storage.node_write_gbs)
+
+
+def export_seconds(job, rank0_write_gbs):
+    """Seconds the final model takes to write from rank 0 (save_pretrained), or 0 when the
+    job leaves no export: a resumed pretraining job ends on its checkpoint, and a model too
+    large to write in about a minute is left to its checkpoint too."""
+    seconds = export_bytes(job) / GB / rank0_write_gbs + 0.1
+    return 0.0 if job.kind == "pretrain" or seconds > MAX_EXPORT_SECONDS else seconds
 
 
 def loading_gib(sc):
@@ -875,16 +1026,16 @@ def collective_bytes(job):
         return 0.0, 0.0
     n = float(job.model.params)
     ring = (job.gpus - 1.0) / job.gpus
-    if job.method == "pretrain":
+    if job.strategy == "3D":
         # Distributed optimizer: reduce-scatter the gradients, all-gather the parameters.
         return 0.0, 4.0 * n / (job.tp * job.pp) * (job.dp - 1.0) / job.dp
     if job.method in ADAPTER_METHODS:
         adapters = 2.0 * lora_params(job.model, LORA_RANK[job.method])
         base = (2.0 if job.method == "lora" else 0.56) * n
         # FSDP gathers the frozen base for forward and backward of every micro-batch.
-        per_micro = 2 * base * ring if job.strategy.startswith("FSDP") else 0.0
+        per_micro = 2 * base * ring if job.strategy in SHARDED_BASE else 0.0
         return per_micro, 2 * adapters * ring
-    if job.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+    if job.strategy in SHARDED_BASE:
         # All-gather for forward, again for backward, reduce-scatter of the gradients.
         return 3 * 2 * n * ring, 0.0
     return 0.0, 2 * 2 * n * ring  # DDP and ZeRO-2: one all-reduce of the gradients
@@ -909,9 +1060,9 @@ def step_seconds_for(job, compute, micro, accum):
 
 def collective_ops(sc):
     """The collectives a strategy issues while training (drawn from, weighted by count)."""
-    if sc.strategy.startswith(("FSDP", "DeepSpeed ZeRO-3")):
+    if sc.strategy in SHARDED_BASE:
         return ["AllGather", "AllGather", "ReduceScatter"]
-    if sc.strategy.startswith(("DeepSpeed ZeRO-2", "Megatron")):
+    if sc.strategy in ("DeepSpeed ZeRO-2", "3D"):
         return ["ReduceScatter", "AllGather", "AllReduce"]
     return ["AllReduce"]  # DDP and single-node data parallel: gradients only
 
@@ -926,46 +1077,30 @@ def master_address(sc):
     return sc.hosts[0], node_address(sc, 0)
 
 
-#: The IB transport knobs a multi-node job sets: ACK timeout exponent and retransmit count.
-IB_TIMEOUT = 18
-IB_RETRY_CNT = 7
-
-
-def ib_fabric(sc):
-    """Whether inter-node traffic goes over InfiniBand (eight-GPU servers with one HCA each)."""
-    return sc.nodes > 1 and sc.per_node == 8
-
-
-def ib_ack_seconds():
-    """The HCA's local ACK timeout: 4.096 us x 2^NCCL_IB_TIMEOUT."""
-    return 4.096e-6 * 2 ** IB_TIMEOUT
-
-
-def ib_retransmits(stall_s):
-    """Retransmissions that fit in a stall: one per ACK timeout that ran out."""
-    return max(1, min(IB_RETRY_CNT, int(stall_s / ib_ack_seconds())))
-
-
-def ib_peer(sc, rank):
-    """The address of the next node's HCA, the peer a rank's ring sends to."""
-    return node_address(sc, (rank // sc.per_node + 1) % sc.nodes)
+def ddp_buckets(sc):
+    """Gradient buckets DDP all-reduces: its 25 MB bucket_cap_mb over the bf16 gradients of
+    what trains (fixed for a model)."""
+    return max(1, int(math.ceil(2.0 * trainable_params(sc) / 25e6)))
 
 
 # --- the timeline: seconds of each phase -------------------------------------------------
 
-def training_seconds(segments, events):
-    """Planned length of the training loop: steps, event stalls, validation, checkpoints."""
-    total = 0.0
-    for seg in segments:
-        total += (math.fsum(u[2] for u in seg.updates) + seg.validation_s + seg.checkpoint_s
-                  + seg.gap_s)
-    return total + math.fsum(e.extra_s for e in events)
+def training_seconds(segments):
+    """Planned length of the training loop: steps (slow ones too), validation, checkpoints."""
+    return math.fsum(math.fsum(u[2] for u in seg.updates) + seg.validation_s
+                     + seg.checkpoint_s + seg.gap_s for seg in segments)
 
 
-def run_seconds(timeline, events):
+def last_step_seconds(segments):
+    """Planned time from the start of training to the end of its last optimizer step."""
+    last = segments[-1]
+    return training_seconds(segments) - last.validation_s - last.checkpoint_s - last.gap_s
+
+
+def run_seconds(timeline):
     """Planned length of the whole run at --speed 1 (a scenario is its own timeline)."""
-    return (timeline.init_s + timeline.start_gap_s
-            + training_seconds(timeline.segments, events) + timeline.export_s + 1.0)
+    return (timeline.init_s + timeline.start_gap_s + training_seconds(timeline.segments)
+            + timeline.export_s + 1.0)
 
 
 def update_seconds(sc):
@@ -979,12 +1114,13 @@ def update_seconds(sc):
 # Drawing a scenario: what the user left open is drawn; planners hand back their fields
 # ==========================================================================================
 
-#: What the user fixed on the command line (None where the draw is free).
-Request = collections.namedtuple("Request", "model_name gpus gpu_key humor")
+#: What the user fixed on the command line (None where the draw is free); style is the
+#: framework asked for by name, and cluster what a session keeps from its first run.
+Request = collections.namedtuple("Request", "model_name gpus gpu_key humor style cluster")
 
 #: The job on its cluster, before any plan: what every planner reads.
 Job = collections.namedtuple(
-    "Job", "seed gpu gpus nodes per_node model method strategy tp pp dp precision mfu")
+    "Job", "seed kind gpu gpus nodes per_node model method strategy tp pp dp precision mfu")
 
 #: Throughput the cluster's compute reaches at a sequence length.
 Compute = collections.namedtuple("Compute", "seq_len flops_per_token compute_tokens_per_s")
@@ -1000,31 +1136,44 @@ class Batch(collections.namedtuple("Batch", Compute._fields + (
 
 
 Schedule = collections.namedtuple(
-    "Schedule", "peak_lr min_lr schedule epochs steps_per_epoch total_steps warmup_steps")
+    "Schedule", "peak_lr min_lr schedule decay_steps epochs steps_per_epoch total_steps "
+                "warmup_steps eval_interval save_interval")
 Data = collections.namedtuple(
     "Data", "dataset examples packed_samples instruction_set val_samples")
 LossCurve = collections.namedtuple(
     "LossCurve", "loss_curve loss_start loss_plateau loss_tau epoch_drop loss_floor "
-                 "loss_coefficient loss_tokens_half noise grad_norm_start grad_norm_end")
+                 "loss_coefficient loss_tokens_half noise grad_norm_start grad_norm_end "
+                 "cooldown_drop")
 Session = collections.namedtuple(
     "Session", "first_step eval_every segment_count resumed_seconds")
 #: A whole plan of a job: the parts above, filled into the scenario in this order.
 Plan = collections.namedtuple("Plan", "batch schedule data loss session")
 
+Storage = collections.namedtuple("Storage", "node_write_gbs rank0_write_gbs checkpoint_async")
 Story = collections.namedtuple("Story", "checkpoint_root events")
-#: A rare event: its kind, the step it happens at, a spike's size, the seconds it stalls.
+#: A rare event: its kind, the step it happens at, a spike's size, a slow step's extra s.
 Event = collections.namedtuple("Event", "kind step size extra_s")
 Timeline = collections.namedtuple(
     "Timeline", "init_s start_gap_s first_step_extra_s export_s segments")
 #: One stretch of training up to an evaluation: its progress updates as (step, micro-step
-#: or 0, seconds), then the seconds of the validation, the checkpoint and the gap after it.
+#: or 0, seconds), then the seconds of the validation, whether a checkpoint follows and its
+#: seconds, and the gap after them.
 Segment = collections.namedtuple(
-    "Segment", "index epoch first_step last_step updates validation_s checkpoint_s gap_s")
+    "Segment", "index epoch first_step last_step updates validation_s saves checkpoint_s "
+               "gap_s")
 Names = collections.namedtuple("Names", "hosts master_port identity")
 
 #: The share of the GPU's MFU band a method's software stack reaches: the band is what tuned
 #: pretraining reaches; fine-tuning stacks reach less.
 METHOD_MFU = {"pretrain": 1.0, "full": 0.8, "lora": 0.65, "qlora": 0.5}
+#: Host name prefixes by vendor (DGX and HGX are NVIDIA's own systems).
+HOST_PREFIXES = {"nvidia": ["node", "gpu", "hgx", "dgx", "compute"],
+                 "amd": ["node", "gpu", "compute", "mi300x-"]}
+#: Tokens per optimizer step of a speedrun: llm.c's GPT-2 124M recipe takes 524,288.
+SPEEDRUN_BATCH_TOKENS = 524288
+#: Sizes people give a subset (max_train_samples).
+ROUND_SUBSETS = (500, 1000, 2000, 2500, 3000, 4000, 5000, 8000, 10000, 15000, 20000, 25000,
+                 30000, 40000, 50000, 100000)
 
 
 def humor_of(rng, humor):
@@ -1034,29 +1183,46 @@ def humor_of(rng, humor):
     return funny
 
 
-def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some"):
+def framework_of(style):
+    """What the asked-for style's software trains; the draw is free under classic/random."""
+    return FRAMEWORKS.get(style, FRAMEWORKS["classic"])
+
+
+def trains(framework, sc):
+    """Whether a framework can train this run: its method, its sharding, its layout."""
+    return (sc.method in framework.methods and sc.strategy in framework.strategies
+            and (sc.tp * sc.pp == 1 or framework.layouts == "3d"))
+
+
+def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some", style=None,
+                   cluster=None):
     """Draw one whole run from the seed. Raises ScenarioError for impossible requests.
 
-    What the user left open is redrawn until updates come at most a second apart; what
-    the user fixed is honoured even when its steps are slower than that."""
+    The kind of job is drawn first; what the user left open is redrawn until the run fits
+    the show (updates at most a second apart, 2-4 minutes), in another kind of job if what
+    was fixed leaves that kind none; what the user fixed is honoured even when its steps
+    are slower than that."""
     rng = random_stream(seed, "scenario")
-    request = Request(model_name, gpus, gpu_key, humor)
-    forced = model_name is not None and gpus is not None and gpu_key is not None
+    request = Request(model_name, gpus, gpu_key, humor, style, cluster)
+    kind = rng.choice(JOB_KINDS)
+    forced = model_name is not None and (cluster is not None
+                                         or (gpus is not None and gpu_key is not None))
     failure = None
     closest = None
-    for _ in range(16):
+    for attempt in range(48):
         try:
-            sc = draw_scenario(rng, seed, request)
+            sc = draw_scenario(rng, seed, request, kind)
         except ScenarioError as error:
             failure = error
             continue
         if forced or plausible(sc):
             return too_slow_checked(sc)
         # Failing that, the draw whose run is nearest the 2-4 minutes of the show.
-        length = run_seconds(sc, sc.events)
-        miss = max(0.0, 120.0 - length, length - 240.0)
+        miss = max(0.0, 120.0 - run_seconds(sc), run_seconds(sc) - 240.0)
         if closest is None or miss < closest[0]:
             closest = (miss, sc)
+        if attempt % 16 == 15:
+            kind = rng.choice([other for other in sorted(set(JOB_KINDS)) if other != kind])
     if closest is None:
         raise failure
     return too_slow_checked(closest[1])
@@ -1064,7 +1230,7 @@ def build_scenario(seed, model_name=None, gpus=None, gpu_key=None, humor="some")
 
 def too_slow_checked(sc):
     """The scenario, unless even one optimizer step is too long for a 5-minute run."""
-    if run_seconds(sc, sc.events) > RUN_HARD_LIMIT_SECONDS:
+    if run_seconds(sc) > RUN_HARD_LIMIT_SECONDS:
         raise ScenarioError("%s on %d x %s: one optimizer step takes %.0f s, too long to "
                             "show in a run of at most %d minutes; use more or faster GPUs" % (
                                 sc.model.name, sc.gpus, sc.gpu.name, sc.step_seconds,
@@ -1075,42 +1241,47 @@ def too_slow_checked(sc):
 def plausible(sc):
     """What an engineer would run, and what fits the show: updates at most a second apart,
     a batch big enough that collectives cost no more than a third of the compute rate,
-    segments of 30-60 s and a run of 2-4 minutes."""
+    segments of 30 s or more, a run of 2-4 minutes, whole fine-tunes (the tail of one shows
+    no falling loss), and speedruns of hundreds of steps at least."""
     training = [math.fsum(update[2] for update in seg.updates) for seg in sc.segments]
     return (update_seconds(sc) <= UPDATE_SECONDS[1] + 1e-9
             and sc.cluster_tokens_per_s >= 0.67 * sc.compute_tokens_per_s
             and min(training) >= SEGMENT_SECONDS[0] * 0.9
-            and 120.0 <= run_seconds(sc, sc.events) <= 240.0)
+            and 120.0 <= run_seconds(sc) <= 240.0
+            and not (sc.kind == "sft" and sc.resumed)
+            and not (sc.kind == "speedrun" and sc.total_steps < 200))
 
 
-def draw_scenario(rng, seed, request):
+def draw_scenario(rng, seed, request, kind):
     """One draw of GPU, cluster, model, method, data and schedule; may be impossible."""
     funny = humor_of(rng, request.humor)
-    gpu, model, gpus, pretrain = draw_request(rng, request, funny)
-    job = draw_job(rng, seed, gpu, model, gpus, pretrain, request.gpus is not None)
-    if job.method == "pretrain":
-        plan = plan_pretraining(rng, job)
-    else:
-        plan = plan_finetune(rng, job, funny)
-        if (plan.session.eval_every * plan.batch.step_seconds < SEGMENT_SECONDS[0] * 0.9
-                and model.params < 3e9):
-            # A small model on this cluster finishes any instruction set in seconds: what
-            # such a cluster runs for minutes is a pretraining speedrun.
-            job = draw_job(rng, seed, gpu, model, job.gpus, True, True)
-            plan = (plan_pretraining(rng, job) if job.method == "pretrain"
-                    else plan_finetune(rng, job, funny))
+    gpu, model, gpus, kind = draw_request(rng, request, kind, funny)
+    fixed_gpus = request.gpus is not None or request.cluster is not None
+    job = draw_job(rng, seed, kind, gpu, model, gpus, fixed_gpus, request.style)
+    rates = (rng.uniform(*NODE_WRITE_GBS), rng.uniform(*RANK0_WRITE_GBS))
+    plan = plan_job(rng, job, storage_for(job, rates), funny)
+    if (job.kind == "sft" and model.params < 3e9
+            and plan.session.eval_every * plan.batch.step_seconds < SEGMENT_SECONDS[0] * 0.9):
+        # A small model on this cluster finishes any instruction set in seconds: what
+        # such a cluster runs for minutes is a pretraining speedrun.
+        job = draw_job(rng, seed, "speedrun", gpu, model, job.gpus, True, request.style)
+        plan = plan_job(rng, job, storage_for(job, rates), funny)
     sc = Scenario()
-    for part in (job,) + plan:
+    for part in (job, storage_for(job, rates)) + plan:
         sc.fill(part)
     sc.fill(Story(checkpoint_root(rng, sc, funny), plan_events(rng, sc)))
     sc.fill(plan_timeline(rng, sc))
-    sc.fill(name_cluster(rng, sc))
+    sc.fill(name_cluster(rng, sc, request.cluster))
     return sc
 
 
-def draw_request(rng, request, funny):
-    """(GPU, model, GPU count, pretraining?): what the user fixed, the rest drawn."""
-    gpu = GPUS[request.gpu_key] if request.gpu_key else rng.choice(
+def draw_request(rng, request, kind, funny):
+    """(GPU, model, GPU count, kind of job): what the user fixed, the rest drawn. The
+    largest models only train honestly at scale, as the tail of a pretraining job; small
+    ones are what a speedrun trains."""
+    cluster = request.cluster
+    gpu_key = cluster.gpu_key if cluster else request.gpu_key
+    gpu = GPUS[gpu_key] if gpu_key else rng.choice(
         [GPUS[k] for k in ("h100", "h100", "h100", "a100", "a100", "h200", "b200", "a100-40g",
                            "mi300x")])
     if request.model_name:
@@ -1118,41 +1289,64 @@ def draw_request(rng, request, funny):
     elif funny(0.12):
         model = find_model(rng.choice(FUNNY_MODEL_NAMES))
     else:
-        model = rng.choice(MODELS)
-    if request.gpus:
-        return gpu, model, request.gpus, request.gpus >= 256
-    # The largest models only train honestly at scale: the tail of a pretraining job.
-    pretrain = model.params > 100e9 or rng.random() < 0.2
-    gpus = pretraining_gpus(model, gpu) if pretrain else rng.choice(DEFAULT_GPU_CHOICES)
-    return gpu, model, gpus, pretrain
+        model = find_model(rng.choice(KIND_MODELS[kind]))
+    gpus = cluster.gpus if cluster else request.gpus
+    if model.params > 100e9 or (gpus or 0) >= 256:
+        kind = "pretrain"
+    elif model.params < 3e9 and kind == "pretrain":
+        kind = "speedrun"
+    elif model.params >= 3e9 and kind == "speedrun":
+        kind = "sft"
+    if not gpus:
+        gpus = (pretraining_gpus(model, gpu) if kind == "pretrain"
+                else rng.choice(KIND_GPU_COUNTS[kind]))
+    return gpu, model, gpus, kind
 
 
-def draw_job(rng, seed, gpu, model, gpus, pretrain, fixed_gpus):
-    """Method, strategy and parallel layout under which the model fits (a cluster the user
-    left open grows until it does), the precision and the MFU reached."""
-    picked = pick_method(rng, model, gpu, gpus, pretrain)
+def draw_job(rng, seed, kind, gpu, model, gpus, fixed_gpus, style):
+    """Method, strategy and parallel layout under which the model fits among what the
+    framework trains (a cluster the user left open grows until it does), the precision
+    and the MFU reached."""
+    framework = framework_of(style)
+    pretrain = kind != "sft"
+    picked = pick_method(rng, model, gpu, gpus, pretrain, framework)
     if picked is None and not fixed_gpus:
-        need = smallest_cluster(model, gpu, pretrain)
+        need = smallest_cluster(model, gpu, pretrain, framework)
         if need is None:
             raise ScenarioError("%s fits on no %s cluster of up to %d GPUs" % (
                 model.name, gpu.name, MAX_GPUS))
         gpus = max(gpus, need)
-        picked = pick_method(rng, model, gpu, gpus, pretrain)
+        picked = pick_method(rng, model, gpu, gpus, pretrain, framework)
     if picked is None and pretrain:
         pretrain = False
-        picked = pick_method(rng, model, gpu, gpus, pretrain)
+        picked = pick_method(rng, model, gpu, gpus, pretrain, framework)
     if picked is None:
-        raise ScenarioError("%s does not fit on %d x %s, not even with QLoRA" % (
-            model.name, gpus, gpu.name))
+        raise ScenarioError("%s does not fit on %d x %s, %s" % (
+            model.name, gpus, gpu.name, "not even with QLoRA" if "qlora" in framework.methods
+            else "and --style %s trains whole models only" % style))
     method, strategy, (tp, pp) = picked
     nodes, per_node = cluster_shape(gpus)
-    dp = gpus // (tp * pp)
-    if method == "pretrain":
-        strategy = "Megatron-LM (TP=%d, PP=%d, DP=%d), distributed optimizer" % (tp, pp, dp)
     precision = "fp16" if gpu.key.startswith("a100") and rng.random() < 0.25 else "bf16"
     mfu = rng.uniform(*gpu.mfu) * METHOD_MFU[method]
-    return Job(seed, gpu, gpus, nodes, per_node, model, method, strategy, tp, pp, dp,
-               precision, mfu)
+    return Job(seed, kind if method == "pretrain" else "sft", gpu, gpus, nodes, per_node,
+               model, method, strategy, tp, pp, gpus // (tp * pp), precision, mfu)
+
+
+def storage_for(job, rates):
+    """The cluster's write rates, and whether this job's checkpoints go async: beyond a few
+    seconds of synchronous writing, they are staged to host memory instead."""
+    node_write_gbs, rank0_write_gbs = rates
+    slow = checkpoint_write_seconds(job, node_write_gbs) > ASYNC_CHECKPOINT_SECONDS
+    return Storage(node_write_gbs, rank0_write_gbs, slow)
+
+
+def plan_job(rng, job, storage, funny):
+    """The plan of a job of its kind."""
+    if job.kind == "speedrun":
+        return plan_speedrun(rng, job, storage)
+    if job.kind == "pretrain":
+        return plan_resumed(rng, job, storage)
+    return plan_finetune(rng, job, storage, funny)
 
 
 def compute_at(job, seq_len):
@@ -1201,26 +1395,25 @@ def batch_for(job, compute, target_step_s, min_accum=1, max_global=None):
                           micro_updates=micro_updates)
 
 
-def fixed_phase_seconds(segments):
-    """Expected seconds of everything but training: init and export, and after each segment
-    its validation, checkpoint and the gap that follows."""
-    return (math.fsum(INIT_SECONDS) + math.fsum(EXPORT_SECONDS)) / 2 + segments * (
-        (math.fsum(VALIDATION_SECONDS + CHECKPOINT_SECONDS + PHASE_GAP_SECONDS)) / 2)
+def fixed_phase_seconds(segments, saves, save_s, export_s):
+    """Expected seconds of everything but training: start-up, each segment's validation and
+    the gap after it, the checkpoints the job saves, and the final model's export."""
+    return (math.fsum(INIT_SECONDS) / 2 + export_s + saves * save_s
+            + segments * math.fsum(VALIDATION_SECONDS + PHASE_GAP_SECONDS) / 2)
 
 
-def segment_target(rng, segments):
+def segment_target(rng, segments, fixed, longest=SEGMENT_SECONDS):
     """Seconds of training per segment so that the whole run lands inside RUN_SECONDS."""
-    fixed = fixed_phase_seconds(segments)
-    lo = max(SEGMENT_SECONDS[0], (RUN_SECONDS[0] - fixed) / segments)
-    hi = min(SEGMENT_SECONDS[1], (RUN_SECONDS[1] - fixed) / segments)
+    lo = max(longest[0], (RUN_SECONDS[0] - fixed) / segments)
+    hi = min(longest[1], (RUN_SECONDS[1] - fixed) / segments)
     return rng.uniform(lo, max(lo, hi))
 
 
-def epochs_for(epoch_s, wanted):
-    """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both)."""
+def epochs_for(epoch_s, wanted, fixed_for):
+    """2 or 3 epochs, whichever keeps the run inside RUN_SECONDS (the wanted one if both);
+    fixed_for(epochs) is the rest of the run's seconds."""
     def fits(epochs):
-        return (RUN_SECONDS[0] <= fixed_phase_seconds(epochs) + epochs * epoch_s
-                <= RUN_SECONDS[1])
+        return RUN_SECONDS[0] <= fixed_for(epochs) + epochs * epoch_s <= RUN_SECONDS[1]
     if fits(wanted):
         return wanted
     return 3 if fits(3) or epoch_s < 45 else 2
@@ -1254,8 +1447,8 @@ def finetune_compute(job):
 
 
 def pick_instruction_set(rng, batch, target_s, funny):
-    """(dataset, examples used): a set whose epoch takes 30 s or more, cut to a subset
-    (max_train_samples) when an epoch over all of it would run past a minute."""
+    """(dataset, examples used): a set whose epoch takes 30 s or more, cut to a round-number
+    subset (max_train_samples) when an epoch over all of it would run past a minute."""
     pool = FUNNY_DATASETS if funny(0.15) else SFT_DATASETS
     usable = [d for d in pool if epoch_seconds(batch, d, d.examples) >= SEGMENT_SECONDS[0]]
     dataset = rng.choice(usable or [max(pool, key=lambda d: d.examples *
@@ -1263,106 +1456,137 @@ def pick_instruction_set(rng, batch, target_s, funny):
     examples = dataset.examples
     if epoch_seconds(batch, dataset, examples) > SEGMENT_SECONDS[1]:
         steps = max(1, int(round(target_s / batch.step_seconds)))
-        tokens = (steps * batch.global_batch + 1) * batch.seq_len
-        examples = min(examples, int(math.ceil(tokens / float(dataset.tokens_per_example))))
+        needed = (steps * batch.global_batch + 1) * batch.seq_len / float(
+            dataset.tokens_per_example)
+        examples = min(examples, min(ROUND_SUBSETS, key=lambda size: abs(size - needed)))
     return dataset, examples
 
 
-def plan_finetune(rng, job, funny):
-    """Epochs over an instruction set; a subset when the set is too big for 30-60 s epochs,
-    or the last stretch of a long fine-tune when one step is too slow for that."""
+def plan_finetune(rng, job, storage, funny):
+    """Epochs over an instruction set, evaluated and saved at each epoch's end; a subset
+    when the set is too big for 30-60 s epochs, or the last stretch of a long fine-tune
+    when one step is too slow for that."""
     peak_lr = rng.choice([1e-5, 2e-5, 2e-5]) if job.method == "full" else rng.choice(
         [1e-4, 2e-4])
     decay = rng.choice(["cosine", "cosine", "linear"])
     batch = batch_for(job, finetune_compute(job), rng.uniform(0.35, 0.9),
                       max_global=max(job.dp, MAX_FINETUNE_BATCH))
-    wanted_epochs = rng.choice([2, 3, 3])
-    dataset, examples = pick_instruction_set(rng, batch, segment_target(rng, wanted_epochs),
+    save_s = checkpoint_seconds(job, storage)
+    export_s = export_seconds(job, storage.rank0_write_gbs)
+
+    def fixed_for(epochs):
+        return fixed_phase_seconds(epochs, epochs, save_s, export_s)
+    wanted = rng.choice([2, 3, 3])
+    dataset, examples = pick_instruction_set(rng, batch,
+                                             segment_target(rng, wanted, fixed_for(wanted)),
                                              funny)
-    per_epoch = epoch_steps(batch, dataset, examples, wanted_epochs)[1]
-    epochs = epochs_for(per_epoch * batch.step_seconds, wanted_epochs)
+    per_epoch = epoch_steps(batch, dataset, examples, wanted)[1]
+    epochs = epochs_for(per_epoch * batch.step_seconds, wanted, fixed_for)
     packed, per_epoch, total, warmup = epoch_steps(batch, dataset, examples, epochs)
     loss = LossCurve("sft", rng.uniform(1.5, 2.5), rng.uniform(1.0, 1.4),
                      rng.uniform(6, 15) * max(1.0, per_epoch / 60.0), rng.uniform(0.10, 0.22),
                      None, None, None, min(0.05, 0.03 * math.sqrt(1e6 / batch.tokens_per_step)),
                      rng.uniform(1.5, 3.0) if job.method == "full" else rng.uniform(0.8, 2),
-                     rng.uniform(0.3, 0.9))
+                     rng.uniform(0.3, 0.9), 0.0)
     val_samples = max(64, dataset.examples // 50)
     if per_epoch >= 12 and epoch_seconds(batch, dataset, examples) <= SEGMENT_SECONDS[1] * 1.05:
-        return Plan(batch, Schedule(peak_lr, 0.0, decay, epochs, per_epoch, total, warmup),
+        return Plan(batch, Schedule(peak_lr, 0.0, decay, 0, epochs, per_epoch, total, warmup,
+                                    per_epoch, per_epoch),
                     Data(dataset, examples, packed, True, val_samples), loss,
                     Session(1, per_epoch, epochs, 0.0))
     # One step is too slow for whole epochs in a minute: show the end of a long fine-tune.
     packed, per_epoch, total, warmup = epoch_steps(batch, dataset, dataset.examples, epochs)
-    schedule, session = plan_final_stretch(
-        rng, batch.step_seconds, Schedule(peak_lr, 0.0, decay, epochs, per_epoch, total, warmup))
+    schedule, session = plan_finetune_tail(
+        rng, batch.step_seconds,
+        Schedule(peak_lr, 0.0, decay, 0, epochs, per_epoch, total, warmup, 0, 0),
+        fixed_phase_seconds(1, 1, save_s, export_s))
     return Plan(batch, schedule, Data(dataset, dataset.examples, packed, True, val_samples),
                 loss, session)
 
 
-def plan_final_stretch(rng, step_seconds, schedule):
-    """(schedule, session): the session is the last 2-3 evaluation intervals of a job resumed
-    from a checkpoint."""
-    segment_count = rng.choice([2, 3])
-    target_s = segment_target(rng, segment_count)
-    # Whole steps per segment, enough to fill the shortest one; steps of 20 s and more
-    # (the largest models) come two to a segment, in two segments.
-    fewest = int(math.ceil(SEGMENT_SECONDS[0] / step_seconds))
-    if step_seconds > 20.0:
-        fewest = 2 if step_seconds <= 45.0 else 1
-        # Two minute-and-a-half steps already fill the show: then one step, one segment.
-        segment_count = 2 if step_seconds <= 90.0 else 1
-    eval_every = max(fewest, int(target_s / step_seconds))
-    session = min(schedule.total_steps - 1, eval_every * segment_count)
-    eval_every = max(1, session // segment_count)
-    if schedule.epochs == 1:
-        # Pretraining saves when iteration % save_interval == 0, the last iteration too:
-        # the job's length is a whole number of intervals and the resume follows a save.
-        total = schedule.total_steps // eval_every * eval_every
-        schedule = schedule._replace(total_steps=total, steps_per_epoch=total)
-    first_step = schedule.total_steps - eval_every * segment_count + 1
+def plan_finetune_tail(rng, step_seconds, schedule, fixed):
+    """(schedule, session): the job resumed from its last checkpoint (every save_steps) and
+    run to its end; the save interval is the round number that leaves a window of about
+    the length the show wants."""
+    wanted = max(1, int(round(segment_target(rng, 1, fixed, FINAL_STRETCH_SECONDS)
+                              / step_seconds)))
+
+    def window(interval):
+        return schedule.total_steps % interval or interval
+    interval = min((5, 10, 20, 25, 50, 100, 200, 250, 500, 1000),
+                   key=lambda size: abs(min(window(size), schedule.total_steps - 1) - wanted))
+    steps = min(window(interval), schedule.total_steps - 1)
+    first_step = schedule.total_steps - steps + 1
     # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
     resumed_seconds = (first_step - 1) * step_seconds * rng.uniform(1.03, 1.08)
-    return schedule, Session(first_step, eval_every, segment_count, resumed_seconds)
+    return (schedule._replace(eval_interval=interval, save_interval=interval),
+            Session(first_step, steps, 1, resumed_seconds))
 
 
-def plan_pretraining(rng, job):
-    """A pretraining job: small models from scratch, big ones resumed near the end."""
+def plan_speedrun(rng, job, storage):
+    """A small model pretrained from scratch, the whole job in the run: llm.c's recipe
+    (524,288 tokens a step, cosine to 0) on FineWeb, evaluated every segment, saved at the
+    end."""
+    model = job.model
+    dataset = rng.choice(PRETRAIN_DATASETS[:2])
+    compute = compute_at(job, 1024 if model.context <= 1024 else 2048)
+    reached = int(round(compute.compute_tokens_per_s))
+    batch = batch_for(job, compute, min(SPEEDRUN_BATCH_TOKENS, 8.0 * reached) / reached)
+    segment_count = rng.choice([2, 3, 3])
+    fixed = fixed_phase_seconds(segment_count, 1, checkpoint_seconds(job, storage),
+                                export_seconds(job, storage.rank0_write_gbs))
+    eval_every = max(1, int(round(segment_target(rng, segment_count, fixed)
+                                  / batch.step_seconds)))
+    total = eval_every * segment_count
+    schedule = Schedule(model.lr, 0.0, "cosine", 0, 1, total, total,
+                        max(1, int(math.ceil(0.05 * total))), eval_every, total)
+    # Loss levels calibrated on the GPT-2 speedrun; bigger vocabularies sit higher, bigger
+    # models lower at equal tokens.
+    floor = (2.9 + 0.25 * math.log(model.vocab / 50257.0)
+             - 0.15 * math.log(model.params / 124.4e6) + rng.uniform(-0.05, 0.1))
+    loss = LossCurve("fresh", math.log(model.vocab) + rng.uniform(0.0, 0.4), None, None, None,
+                     floor, None, 5.3e6,
+                     min(0.05, 0.036 * math.sqrt(1.6e6 / batch.tokens_per_step)),
+                     rng.uniform(8, 20), rng.uniform(0.3, 0.7), 0.0)
+    return Plan(batch, schedule, Data(dataset, 0, 0, False, 0), loss,
+                Session(1, eval_every, segment_count, 0.0))
+
+
+def plan_resumed(rng, job, storage):
+    """The final stretch of a long pretraining job: warmup-stable-decay, resumed from the
+    checkpoint that ends its stable phase (a save boundary), through the final linear
+    decay of the LR to the job's end, its final evaluation and checkpoint. Evaluations and
+    saves come every 500-2,000 steps and more, so the window holds only the final ones."""
     model = job.model
     dataset = rng.choice(PRETRAIN_DATASETS)
     compute = compute_at(job, pretraining_seq_len(model))
     reached = int(round(compute.compute_tokens_per_s))
     # The batch is the job's; on a cluster too small for it, fewer tokens per step.
-    target_tokens = min(pretraining_batch_tokens(model), 8.0 * reached)
-    batch = batch_for(job, compute, target_tokens / reached,
-                      min_accum=4 * job.pp if job.pp > 1 else 1)
-    noise = min(0.05, 0.036 * math.sqrt(1.6e6 / batch.tokens_per_step))
-    data = Data(dataset, 0, 0, False, 0)
-    if model.params < 3e9 and job.gpus <= 64:
-        # A from-scratch speedrun: the whole job is this session.
-        segment_count = rng.choice([2, 3])
-        eval_every = max(1, int(round(segment_target(rng, segment_count) / batch.step_seconds)))
-        total = eval_every * segment_count
-        schedule = Schedule(model.lr, model.lr / 10.0, "cosine", 1, total, total,
-                            max(1, int(math.ceil(0.05 * total))))
-        loss = LossCurve("fresh", math.log(model.vocab) + rng.uniform(0.1, 1.0), None, None,
-                         None, rng.uniform(3.3, 4.2), None,
-                         total * batch.tokens_per_step / 8.0, noise, rng.uniform(10, 30),
-                         rng.uniform(0.4, 1.0))
-        return Plan(batch, schedule, data, loss, Session(1, eval_every, segment_count, 0.0))
-    tokens_per_param = rng.uniform(20, 150)
-    job_tokens = min(dataset.tokens_per_example, tokens_per_param * model.params)
-    total = max(2000, int(job_tokens // batch.tokens_per_step))
-    schedule, session = plan_final_stretch(
-        rng, batch.step_seconds,
-        Schedule(model.lr, model.lr / 10.0, "cosine", 1, total, total, 2000))
+    batch = batch_for(job, compute, min(pretraining_batch_tokens(model), 8.0 * reached)
+                      / reached, min_accum=4 * job.pp if job.pp > 1 else 1)
+    fixed = fixed_phase_seconds(1, 1, checkpoint_seconds(job, storage), 0.0)
+    decay = max(1, int(round(segment_target(rng, 1, fixed, FINAL_STRETCH_SECONDS)
+                             / batch.step_seconds)))
+    eval_interval = rng.choice([500, 1000, 1000, 2000])
+    while eval_interval <= decay:
+        eval_interval *= 2
+    save_interval = eval_interval * rng.choice([1, 1, 2, 5])
+    job_tokens = min(dataset.tokens_per_example, rng.uniform(20, 150) * model.params)
+    stable_end = max(2, int(job_tokens // batch.tokens_per_step) // save_interval) * save_interval
+    total = stable_end + decay
     grad_norm = rng.uniform(0.25, 0.5)
     # Chinchilla's fit L = 1.69 + 406.4/N^0.34 + 410.7/D^0.28 (Hoffmann et al. 2022), its
     # floor raised for vocabularies larger than the 32K it was fitted on.
     floor = 1.69 + 406.4 / model.active ** 0.34 + 0.25 * math.log(model.vocab / 32000.0)
-    loss = LossCurve("pretrain", None, None, None, None, floor, 410.7, None, noise, grad_norm,
-                     grad_norm)
-    return Plan(batch, schedule, data, loss, session)
+    loss = LossCurve("pretrain", None, None, None, None, floor, 410.7, None,
+                     min(0.05, 0.036 * math.sqrt(1.6e6 / batch.tokens_per_step)), grad_norm,
+                     grad_norm * 0.85, rng.uniform(0.08, 0.15))
+    # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
+    resumed_seconds = stable_end * batch.step_seconds * rng.uniform(1.03, 1.08)
+    return Plan(batch, Schedule(model.lr, model.lr / 10.0, "wsd", decay, 1, total, total, 2000,
+                                eval_interval, save_interval),
+                Data(dataset, 0, 0, False, 0), loss,
+                Session(stable_end + 1, decay, 1, resumed_seconds))
 
 
 def checkpoint_root(rng, sc, funny):
@@ -1375,56 +1599,62 @@ def checkpoint_root(rng, sc, funny):
 
 
 def plan_events(rng, sc):
-    """Rare events for this run (each recovers and the run goes on), with the time they cost."""
-    kinds = ["spike", "nan"] + (["nccl"] if sc.gpus > 1 else [])
-    if sc.memory_gib > 0.8 * sc.gpu.capacity_gib:
-        kinds.append("oom")  # an allocation spike only runs out where memory is already tight
+    """What happens beside the plan, rarely (about one run in five, two in one run of
+    twenty-five): a loss spike, a slow step (a straggling rank: the collective waits), and
+    with fp16 a batch whose loss is NaN or whose gradients overflow, both skipped by the
+    loss scaler. None in the last 15% of the run, so a spike has ~20 steps to settle; fp16
+    overflows a few times at the very start, as dynamic loss scaling finds its level."""
+    kinds = ["spike"] + (["slow"] if sc.gpus > 1 else [])
     if sc.precision == "fp16":
-        kinds.append("overflow")
-    lo = sc.first_step + max(3, sc.session_steps // 8)
-    hi = sc.last_step - max(3, sc.session_steps // 8)
+        kinds += ["nan", "overflow"]
     events = []
     if sc.precision == "fp16" and not sc.resumed:
-        # Dynamic loss scaling overshoots a few times at the very start.
         events += [Event("overflow", step, 0.0, 0.0) for step in (1, 2, 3)]
-    used = set()
-    for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
-        kind = rng.choice(kinds)
-        if kind in used or hi <= lo:
-            continue
-        used.add(kind)
+    lo = sc.first_step + max(3, sc.session_steps // 10)
+    hi = sc.last_step - max(20, int(math.ceil(0.15 * sc.session_steps)))
+    roll = rng.random()
+    count = 2 if roll < 0.04 else 1 if roll < 0.2 else 0
+    for kind in rng.sample(kinds, min(count, len(kinds))) if hi > lo else []:
         step = rng.randint(lo, hi)
         if kind == "spike":
             events.append(Event(kind, step, rng.uniform(0.3, 0.9), 0.0))
-        elif kind == "oom":
-            events.append(Event(kind, step, 0.0,
-                                round(sc.step_seconds + rng.uniform(0.8, 1.6), 2)))
-        elif kind == "nccl":
-            events.append(Event(kind, step, 0.0, round(rng.uniform(1.5, 3.0), 2)))
+        elif kind == "slow":
+            events.append(Event(kind, step, 0.0, round(rng.uniform(1.5, 5.0), 2)))
         else:
             events.append(Event(kind, step, 0.0, 0.0))
     events.sort(key=lambda e: e.step)
     return events
 
 
-def segment_updates(sc, first, last, warmup_s=0.0):
-    """Display updates for steps first..last as (step, micro, seconds): 0.3-1 s apart; the
-    first one also carries warmup_s, the slow first iteration of a (re)started job."""
+def segment_updates(rng, sc, first, last, warmup_s, after_pause):
+    """Display updates for steps first..last as (step, micro-step or 0, seconds): 0.3-1 s
+    apart. Throughput drifts by a percent or two and jitters from step to step; the first
+    update carries warmup_s (a (re)started job's slow first iteration), the first after a
+    validation or checkpoint runs 5-15% slow while caches refill, and a slow step carries
+    its stall."""
+    stalls = dict((e.step, e.extra_s) for e in sc.events if e.kind == "slow")
+    drift = rng.uniform(0.985, 1.015)
     updates = []
     if sc.micro_updates > 1:
         for step in range(first, last + 1):
+            seconds = sc.step_seconds * drift * rng.uniform(0.996, 1.004)
             for micro in range(1, sc.micro_updates + 1):
-                updates.append((step, micro, sc.step_seconds / sc.micro_updates))
+                updates.append((step, micro, seconds / sc.micro_updates
+                                + (stalls.get(step, 0.0) if micro == sc.micro_updates
+                                   else 0.0)))
     else:
         step = first - 1
         while step < last:
             nxt = min(last, step + sc.log_every)
             if last - nxt < sc.log_every:
                 nxt = last  # a short remainder joins the final update rather than stand alone
-            updates.append((nxt, 0, (nxt - step) * sc.step_seconds))
+            seconds = (nxt - step) * sc.step_seconds * drift * rng.uniform(0.996, 1.004)
+            updates.append((nxt, 0, seconds + math.fsum(
+                stalls.get(s, 0.0) for s in range(step + 1, nxt + 1))))
             step = nxt
     step, micro, seconds = updates[0]
-    updates[0] = (step, micro, seconds + warmup_s)
+    slowed = rng.uniform(1.05, 1.15) if after_pause else 1.0
+    updates[0] = (step, micro, seconds * slowed + warmup_s)
     return updates
 
 
@@ -1433,38 +1663,45 @@ def plan_timeline(rng, sc):
     init_s = rng.uniform(*INIT_SECONDS)
     # torch.compile, CUDA graphs and NCCL's first collectives make the first step slow.
     first_step_extra_s = rng.uniform(*FIRST_STEP_EXTRA_SECONDS)
+    save_s = checkpoint_seconds(sc, sc)
     segments = []
     for index in range(sc.segment_count):
         first = sc.first_step + index * sc.eval_every
         last = min(sc.last_step, first + sc.eval_every - 1)
-        segments.append(Segment(index, sc.epoch_of(last), first, last,
-                                segment_updates(sc, first, last,
-                                                first_step_extra_s if index == 0 else 0),
-                                rng.uniform(*VALIDATION_SECONDS),
-                                rng.uniform(*CHECKPOINT_SECONDS),
+        saves = sc.kind == "sft" or index == sc.segment_count - 1
+        updates = segment_updates(rng, sc, first, last,
+                                  first_step_extra_s if index == 0 else 0.0, index > 0)
+        segments.append(Segment(index, sc.epoch_of(last), first, last, updates,
+                                rng.uniform(*VALIDATION_SECONDS), saves,
+                                save_s + rng.uniform(0.3, 0.8) if saves else 0.0,
                                 rng.uniform(*PHASE_GAP_SECONDS)))
-    export_s = rng.uniform(*EXPORT_SECONDS)
+    # The end: the final model written from rank 0 (if any), the last logs, exit.
+    export_s = export_seconds(sc, sc.rank0_write_gbs) + rng.uniform(0.8, 2.0)
     timeline = Timeline(init_s, rng.uniform(*PHASE_GAP_SECONDS), first_step_extra_s,
                         export_s, segments)
     # Whole epochs come in whole steps: lengthen the fixed phases if the run fell short.
-    short = SHORTEST_RUN_SECONDS - run_seconds(timeline, sc.events)
+    short = SHORTEST_RUN_SECONDS - run_seconds(timeline)
     if short > 0:
         timeline = timeline._replace(init_s=min(INIT_SECONDS[1], init_s + short / 3))
-        share = (SHORTEST_RUN_SECONDS - run_seconds(timeline, sc.events)) / len(segments)
+        share = (SHORTEST_RUN_SECONDS - run_seconds(timeline)) / len(segments)
         timeline = timeline._replace(segments=[
             seg._replace(validation_s=min(VALIDATION_SECONDS[1], seg.validation_s + share))
             for seg in segments])
     return timeline
 
 
-def name_cluster(rng, sc):
-    """Host names (stable for the run), the rendezvous port and the job's identity."""
-    prefix = rng.choice(["node", "gpu", "hgx", "dgx", "compute"])
-    first = rng.randint(1, 40) * 8
-    width = 3 if sc.nodes < 1000 else 4
-    hosts = ["%s%0*d" % (prefix, width, first + i) for i in range(sc.nodes)]
+def name_cluster(rng, sc, cluster):
+    """Host names (stable for a session), the rendezvous port and the job's identity."""
+    if cluster is None:
+        prefix = rng.choice(HOST_PREFIXES[sc.gpu.vendor])
+        first = rng.randint(1, 40) * 8
+        width = 3 if sc.nodes < 1000 else 4
+        hosts = ["%s%0*d" % (prefix, width, first + i) for i in range(sc.nodes)]
+        subnet = None
+    else:
+        hosts, subnet = cluster.hosts, cluster.subnet
     return Names(hosts, rng.choice([29500, 29500, 29400, 6000, 23456]),
-                 draw_identity(sc.seed))
+                 draw_identity(sc.seed, subnet))
 
 
 # ==========================================================================================
@@ -1557,6 +1794,11 @@ class RunState:
         return max(0.0, self.train_end - clock)
 
     @property
+    def step_in_epoch(self):
+        """Optimizer steps done in the current epoch (what `Step s/T` counts everywhere)."""
+        return self.step - (self.epoch - 1) * self.sc.steps_per_epoch
+
+    @property
     def progress(self):
         """Share of this session's training steps done, micro-steps included."""
         sc = self.sc
@@ -1585,14 +1827,17 @@ class RunState:
 
 #: One optimizer update (a group of steps when steps are short): its last step, how many
 #: steps it covers, the events in them, the loss, gradient norm, LR and tokens/s observed,
-#: the loss scale it ran at and the loss scaler's changes from its fp16 overflows.
+#: the loss scale it ran at and the loss scaler's changes (by event) from its fp16 overflows.
 Observation = collections.namedtuple(
     "Observation", "step done events loss grad_norm lr tokens_per_s loss_scale scale_changes")
 
 
-def observe(sc, step, done, warmup_s, scaler, rng):
-    """What an optimizer update shows: a NaN batch has a NaN loss, an overflowing one
-    infinite gradients; the first update of a session carries warmup_s of warm-up."""
+def observe(sc, step, done, seconds, scaler, rng, software):
+    """What an optimizer update of `done` steps ending at `step` shows, having taken
+    `seconds`: a NaN batch has a NaN loss, an overflowing one infinite gradients; the loss
+    scaler skips both (a script that drops NaN batches itself spares it those). The LR is
+    the schedule's, halved after spikes where the training script does that. `software`
+    is the voice, whose policies these are."""
     events = [e for e in sc.events if step - done < e.step <= step]
     kinds = set(e.kind for e in events)
     loss = float("nan") if "nan" in kinds else loss_at(sc, step, rng)
@@ -1601,12 +1846,13 @@ def observe(sc, step, done, warmup_s, scaler, rng):
         grad_norm = float("nan")
     elif "overflow" in kinds:
         grad_norm = float("inf")  # fp16 overflow: the loss is fine, the scaled gradients not
-    tokens_per_s = (done * sc.tokens_per_step / (done * sc.step_seconds + warmup_s)
-                    * rng.uniform(0.992, 1.008))
     loss_scale = scaler.scale
-    changes = [scaler.overflow() for event in events if event.kind == "overflow"]
-    return Observation(step, done, events, loss, grad_norm, lr_at(sc, step), tokens_per_s,
-                       loss_scale, changes)
+    changes = collections.OrderedDict(
+        (event, scaler.overflow()) for event in events if event.kind == "overflow" or (
+            event.kind == "nan" and not software.skips_nan_batches))
+    return Observation(step, done, events, loss, grad_norm,
+                       lr_at(sc, step, software.cuts_lr_on_spikes),
+                       done * sc.tokens_per_step / seconds, loss_scale, changes)
 
 
 def skipped_in(events):
@@ -1632,6 +1878,8 @@ def draw_collective(sc, rng):
     op = rng.choice(collective_ops(sc))
     if sc.adapters:
         size_mb = max(1.0, 2.0 * trainable_params(sc) / 1e6)
+    elif sc.strategy == "DDP":
+        size_mb = 25.0  # one of DDP's gradient buckets (bucket_cap_mb)
     else:
         size_mb = rng.choice([128.0, 256.0, 512.0])
     n = sc.gpus
@@ -1639,7 +1887,8 @@ def draw_collective(sc, rng):
               "AllGather": (n - 1.0) / n, "Broadcast": 1.0}[op] if n > 1 else 1.0
     alg_gbs = achieved_gbs / factor
     ms = size_mb / 1e3 / alg_gbs * 1e3
-    buckets = rng.choice([12, 16, 24, 32]) if rng.random() < 0.3 else None
+    # Now and then DDP's whole gradient sync of the step is reported, bucket by bucket.
+    buckets = ddp_buckets(sc) if sc.strategy == "DDP" and rng.random() < 0.3 else None
     return Collective(op, size_mb, ms, alg_gbs, achieved_gbs, buckets)
 
 
@@ -1656,26 +1905,14 @@ def draw_validation(sc, seg, rng):
                       bleu, rouge, seg.validation_s * 0.9)
 
 
-def draw_checkpoint_write(sc, seg, rng):
-    """A sharded checkpoint's bytes, writers and the seconds the write takes: aimed at
-    60-90% of the phase, staged asynchronously beyond ~8 GB/s a node."""
+def checkpoint_write(sc, seg):
+    """A checkpoint's bytes, shards and writers, and the seconds it holds up training (the
+    staging when it goes async), as the storage planned them."""
     model_bytes, optim_bytes = checkpoint_bytes(sc)
-    total = model_bytes + optim_bytes
-    sharded = sc.method == "pretrain" or sc.strategy.startswith(("FSDP", "DeepSpeed"))
-    shards = sc.gpus if sharded else 1
-    writers = sc.nodes if sharded else 1
-    per_node_gbs = total / GB / writers / (seg.checkpoint_s * rng.uniform(0.6, 0.9))
-    asynchronous = per_node_gbs > 8.0
-    if asynchronous:
-        # Device-to-host copies over PCIe: Gen4 on A100 systems, Gen5 on the newer ones.
-        pcie_gbs = 20.0 if sc.gpu.key.startswith("a100") else 40.0
-        staged_gbs = min(per_node_gbs, pcie_gbs * rng.uniform(0.85, 1.0) * sc.per_node)
-        seconds = total / GB / writers / staged_gbs
-    else:
-        per_node_gbs = max(per_node_gbs, 0.05)
-        seconds = total / GB / writers / per_node_gbs
+    writers = checkpoint_writers(sc)
     return CheckpointWrite(checkpoint_path(sc, seg.last_step, seg.epoch), model_bytes,
-                           optim_bytes, shards, writers, asynchronous, seconds)
+                           optim_bytes, sc.gpus if sharded_checkpoint(sc) else 1, writers,
+                           sc.checkpoint_async, checkpoint_seconds(sc, sc))
 
 
 def checkpoint_path(sc, step, epoch):
@@ -1709,13 +1946,17 @@ class Plot:
     """One run from start-up to summary, told by `voice`: iterate lines() for the whole
     stream of (line or None, delay); `state` is what it shows at each moment."""
 
-    def __init__(self, sc, voice):
+    def __init__(self, sc, voice, launched=False):
         self.sc = sc
         self.voice = voice
+        #: Whether the job was just launched by hand at a shell prompt (a session's next job).
+        self.launched = launched
         self.state = RunState(sc, voice.loss_scaling)
         self.rng = random_stream(sc.seed, "plot")
         # Its own stream, so a style with more or fewer lines draws the same numbers.
         self.pacing = random_stream(sc.seed, "pacing")
+        #: Seconds of the optimizer step under way, its micro-steps so far.
+        self.step_so_far = 0.0
 
     def lines(self):
         yield from self.start()
@@ -1728,7 +1969,7 @@ class Plot:
     def start(self):
         """Distributed start-up, model, tokenizer, data and configuration; ready to train."""
         sc, state, voice = self.sc, self.state, self.voice
-        startup = ([voice.notice] if voice.notice else []) + voice.startup_lines()
+        startup = (voice.launch_lines() if self.launched else []) + voice.startup_lines()
         lines = startup + voice.setup_lines()
         for index, (item, delay) in enumerate(paced(lines, sc.init_s, self.pacing)):
             if index == len(startup):
@@ -1745,18 +1986,21 @@ class Plot:
         sc, state = self.sc, self.state
         state.phase = "train"
         if seg.index == 0:
+            # The ETA counts down to the last optimizer step, as a progress bar's does.
             state.train_start = state.clock
-            state.train_end = state.clock + training_seconds(sc.segments, sc.events)
+            state.train_end = state.clock + last_step_seconds(sc.segments)
         yield from self.epoch_start(seg)
         next_grid = state.clock + GRID_EVERY_SECONDS * 0.5
         next_nccl = state.clock + NCCL_EVERY_SECONDS * self.rng.uniform(0.4, 1.0)
         for step, micro, seconds in seg.updates:
             yield None, seconds
             state.warm_towards(1.0, seconds)
+            self.step_so_far += seconds
             if micro not in (0, sc.micro_updates):
                 yield from self.micro_step(micro)
                 continue
-            yield from self.update(step)
+            yield from self.update(step, self.step_so_far)
+            self.step_so_far = 0.0
             if state.clock >= next_nccl and sc.gpus > 1:
                 next_nccl = state.clock + NCCL_EVERY_SECONDS * self.rng.uniform(0.7, 1.3)
                 yield from at_once(self.voice.collective_lines(draw_collective(sc, self.rng)))
@@ -1778,8 +2022,9 @@ class Plot:
         if self.state.loss is not None:  # nothing to report before the first optimizer step
             yield from at_once(self.voice.micro_lines(self.state))
 
-    def update(self, step):
-        """An optimizer update ending at `step` (a group of steps when they are short)."""
+    def update(self, step, seconds):
+        """An optimizer update ending at `step` (a group of steps when they are short),
+        `seconds` after the one before it."""
         sc, state = self.sc, self.state
         done = step - state.step
         state.micro = 0
@@ -1788,35 +2033,21 @@ class Plot:
         state.tokens_trained += done * sc.tokens_per_step
         if step - done + 1 == 1:
             state.mem_gib = sc.memory_gib  # optimizer states appear at the first step
-        # The session's first step carries the warm-up of a (re)started job.
-        warmup_s = sc.first_step_extra_s if step - done + 1 == sc.first_step else 0.0
-        obs = observe(sc, step, done, warmup_s, state.loss_scaler, self.rng)
+        obs = observe(sc, step, done, seconds, state.loss_scaler, self.rng, self.voice)
         state.record(obs)
         yield from at_once(self.voice.update_lines(state, obs))
-        changes = iter(obs.scale_changes)
         for event in obs.events:
-            yield from self.event(event, next(changes) if event.kind == "overflow" else None)
+            yield from self.event(event, obs.scale_changes.get(event))
 
     def event(self, event, change):
-        """One rare event: its effect on the run, its lines, and the time it costs. What the
-        voice is handed: the loss scaler's change for an overflow, (GiB in use, GiB asked
-        for) for an OOM, the peer's ephemeral port for a stalled collective."""
-        sc, state, rng = self.sc, self.state, self.rng
-        rank = rng.randint(0, sc.gpus - 1)
-        drawn = change
+        """One rare event: its effect on the run and its lines, after the update that shows
+        it (a slow step's time is in that update already). The voice is handed the rank it
+        happened on and, for an overflow, the loss scaler's change."""
+        state = self.state
+        rank = self.rng.randint(0, self.sc.gpus - 1)
         if event.kind in SKIPPING_EVENTS:
             state.skipped += 1
-        if event.kind == "oom":
-            # A long batch asks for more than the little left free.
-            free = rng.uniform(0.3, 1.6)
-            drawn = (sc.gpu.capacity_gib - free, round((free + rng.uniform(0.5, 2.5)) * 4) / 4)
-        elif event.kind == "nccl":
-            drawn = 32768 + rng.randint(20000, 99999) % 28232  # Linux's 32768-60999
-        before, after = self.voice.event_lines(state, event, rank, drawn)
-        yield from at_once(before)
-        if event.extra_s:
-            yield None, event.extra_s
-        yield from at_once(after)
+        yield from at_once(self.voice.event_lines(state, event, rank, change))
 
     def validate(self, seg):
         """Validation after a segment; the line marked "val_loss" puts it on the chart."""
@@ -1831,16 +2062,18 @@ class Plot:
                                     seg.validation_s, 0.85, shown)
 
     def save(self, seg):
-        """A checkpoint after validation; it counts once its line marked "saved" is shown."""
+        """A checkpoint after validation where the job saves; it counts once its line
+        marked "saved" is shown."""
         state = self.state
-        state.phase = "ckpt"
-        ckpt = draw_checkpoint_write(self.sc, seg, self.rng)
+        if seg.saves:
+            state.phase = "ckpt"
+            ckpt = checkpoint_write(self.sc, seg)
 
-        def shown(mark):
-            if mark == "saved":
-                state.checkpoints += 1
-        yield from self.phase_lines(self.voice.checkpoint_lines(state, seg, ckpt),
-                                    seg.checkpoint_s, 0.3, shown)
+            def shown(mark):
+                if mark == "saved":
+                    state.checkpoints += 1
+            yield from self.phase_lines(self.voice.checkpoint_lines(state, seg, ckpt),
+                                        seg.checkpoint_s, 0.3, shown)
         yield None, seg.gap_s
 
     def finish(self):
@@ -1868,7 +2101,8 @@ class Plot:
 # ==========================================================================================
 
 #: One line of the log. kind: info, phase, warn, error, good, progress (redrawn in place on
-#: a terminal), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
+#: a terminal, a line of its own in a pipe), live (only ever redrawn in place: a bar moving
+#: between two optimizer steps), grid or box. tag: the source the plain log shows as `[time] [TAG] `; an empty
 #: tag means the text already is the whole line (the summary box, every framework style).
 #: mark: what the line means to the run ("val_loss", "saved"), or None. joined: printed in
 #: the same instant as the line before it (one logging block).
@@ -1939,8 +2173,9 @@ def fmt_duration(seconds):
 
 
 def fmt_eta(seconds):
-    """MM:SS under an hour, H:MM:SS above, as tqdm prints it."""
-    seconds = int(math.ceil(seconds))
+    """MM:SS under an hour, H:MM:SS above, as tqdm prints it (whole seconds left, rounded
+    up; a microsecond of float error does not count)."""
+    seconds = int(math.ceil(seconds - 1e-6))
     if seconds >= 3600:
         return fmt_duration(seconds)
     return "%02d:%02d" % (seconds // 60, seconds % 60)
@@ -1961,6 +2196,23 @@ def software_stack(sc):
                 "runtime": "ROCm"}
     return {"torch": "2.5.1+cu124", "collective": "NCCL", "nccl": "2.21.5", "cuda": "12.4",
             "runtime": "CUDA"}
+
+
+def strategy_title(sc):
+    """The sharding as its engineer would describe it."""
+    if sc.strategy != "3D":
+        return sc.strategy
+    if sc.tp * sc.pp == 1:
+        return "data parallel (DP=%d), distributed optimizer (ZeRO-1)" % sc.dp
+    return "Megatron-LM (TP=%d, PP=%d, DP=%d), distributed optimizer" % (sc.tp, sc.pp, sc.dp)
+
+
+def schedule_text(sc):
+    """`cosine decay`, `linear decay`, or for wsd the constant stretch and the final decay."""
+    if sc.schedule == "wsd":
+        return "constant, then linear decay over the last %s steps (WSD)" % fmt_int(
+            sc.decay_steps)
+    return "%s decay" % sc.schedule
 
 
 def method_title(sc):
@@ -1999,8 +2251,7 @@ def bar(fraction, width, glyphs):
 def progress_text(state, glyphs):
     """The progress line: `Epoch e/E [bar] p%  Step s/T | Loss ... | ETA: t`."""
     sc = state.sc
-    epoch_start = (state.epoch - 1) * sc.steps_per_epoch
-    in_epoch = state.step - epoch_start
+    in_epoch = state.step_in_epoch
     if sc.micro_updates > 1 and state.micro:
         in_epoch_done = in_epoch + state.micro / float(sc.micro_updates)
     else:
@@ -2137,25 +2388,30 @@ class Voice:
     micro_lines(state)                a gradient-accumulation micro-step of a long step
     update_lines(state, obs)          an optimizer update (an Observation)
     collective_lines(coll), grid_lines(state)   a timed collective (a Collective), the GPUs
-    event_lines(state, event, rank, drawn)      (lines before, lines after) a rare event's
-                                      stall; drawn is what the plot drew for it
+    event_lines(state, event, rank, change)     a rare event (an Event) on a rank; change is
+                                      the loss scaler's ScaleChange for an overflow
     validation_lines(state, seg, val) a validation (a Validation); marks one line "val_loss"
     checkpoint_lines(state, seg, ckpt)          a checkpoint (a CheckpointWrite); marks the
                                       line at which it is saved "saved"
     export_lines(state), summary_lines(state)   the end of the run
+    launch_lines()                    a session's next job, typed at a shell prompt
     """
 
     name = None
-    #: Training methods this framework can run; the others are told in another voice.
-    methods = ("full", "lora", "qlora", "pretrain")
     #: How this framework's fp16 loss scaler behaves.
     loss_scaling = APEX_LOSS_SCALING
+    #: Whether the training script halves the LR after a loss spike (frameworks do not).
+    cuts_lr_on_spikes = False
+    #: Whether the training script drops a batch with a NaN loss before its backward pass
+    #: (frameworks leave non-finite gradients to the fp16 loss scaler, which skips the step).
+    skips_nan_batches = False
 
-    def __init__(self, sc, glyphs, notice=None):
+    def __init__(self, sc, glyphs):
         self.sc = sc
         self.glyphs = glyphs
-        #: A line saying why the run is told in this voice and not the one asked for.
-        self.notice = notice
+
+    def launch_lines(self):
+        return [line(shell_prompt(self.sc) + launch_command(self.name, self.sc))]
 
     def startup_lines(self):
         return []
@@ -2181,8 +2437,8 @@ class Voice:
     def grid_lines(self, state):
         return []
 
-    def event_lines(self, state, event, rank, drawn):
-        return [], []
+    def event_lines(self, state, event, rank, change):
+        return []
 
     def validation_lines(self, state, seg, val):
         return []
@@ -2198,9 +2454,13 @@ class Voice:
 
 
 class ClassicVoice(Voice):
-    """llmtrain's own dialect: tagged lines, one progress line per update."""
+    """llmtrain's own dialect: tagged lines, one progress line per update. It is the run's
+    own training script, which watches for loss spikes (and halves the LR after one) and
+    drops a batch whose loss is NaN."""
 
     name = "classic"
+    cuts_lr_on_spikes = True
+    skips_nan_batches = True
 
     # --- init -----------------------------------------------------------------------
     def startup_lines(self):
@@ -2290,18 +2550,18 @@ class ClassicVoice(Voice):
             line("Gradient accumulation: %s, %s tokens per optimizer step" % (
                 plural(sc.grad_accum, "step"), fmt_int(sc.tokens_per_step)), tag=tag),
             line("Sequence length: %d" % sc.seq_len, tag=tag),
-            line("Optimizer: AdamW, peak LR %.1e, warmup %s steps, %s decay to %s" % (
-                sc.peak_lr, fmt_int(sc.warmup_steps), sc.schedule,
+            line("Optimizer: AdamW, peak LR %.1e, warmup %s steps, %s to %s" % (
+                sc.peak_lr, fmt_int(sc.warmup_steps), schedule_text(sc),
                 "0" if sc.min_lr == 0 else "%.1e" % sc.min_lr), tag=tag),
             line("Epochs: %d, steps per epoch: %s, total steps: %s" % (
                 sc.epochs, fmt_int(sc.steps_per_epoch), fmt_int(sc.total_steps)), tag=tag),
         ]
         if sc.eval_every != sc.steps_per_epoch:
-            lines.append(line("Evaluation and checkpoint every %d steps" % sc.eval_every,
-                              tag=tag))
+            lines.append(line("Evaluation every %s steps, checkpoint every %s steps" % (
+                fmt_int(sc.eval_interval), fmt_int(sc.save_interval)), tag=tag))
         return lines + [
             line("Mixed precision: %s%s" % (sc.precision, self.scaling_text()), tag=tag),
-            line("Strategy: %s, activation checkpointing" % sc.strategy, tag=tag),
+            line("Strategy: %s, activation checkpointing" % strategy_title(sc), tag=tag),
             line("Training method: %s" % METHOD_TITLES[sc.method], tag=tag),
             line("Expected throughput: %s tok/s (%.1f TFLOP/s per GPU, MFU %.1f%%)" % (
                 fmt_int(sc.cluster_tokens_per_s), sc.tflops_per_gpu,
@@ -2335,8 +2595,9 @@ class ClassicVoice(Voice):
             "phase", "TRAIN")]
 
     def micro_lines(self, state):
-        """A gradient-accumulation micro-step inside a long optimizer step."""
-        return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
+        """A gradient-accumulation micro-step inside a long optimizer step: the progress
+        line moves in place, and is no new log line."""
+        return [line(progress_text(state, self.glyphs), "live", "TRAIN")]
 
     def update_lines(self, state, obs):
         return [line(progress_text(state, self.glyphs), "progress", "TRAIN")]
@@ -2354,60 +2615,25 @@ class ClassicVoice(Voice):
     def grid_lines(self, state):
         return [line(text, "grid", "GPU") for text in gpu_grid_lines(self.sc, state)]
 
-    def event_lines(self, state, event, rank, drawn):
+    def event_lines(self, state, event, rank, change):
+        """What the script notices: a spike (it halves the LR from the next step on), a NaN
+        loss (the batch is dropped), and Apex's own line for an fp16 overflow. A slow step
+        shows only as a slow step."""
         sc = self.sc
-        tag = "TRAIN"
         if event.kind == "spike":
             return [line("Loss spike at step %s: loss %s vs running mean %.4f, grad norm %.3f; "
                          "reducing LR by 50%% for the rest of the run (LR now %.3e)" % (
                              fmt_int(event.step), state.loss_text,
                              expected_loss(sc, event.step), state.grad_norm,
-                             lr_at(sc, event.step + 1)), "warn", tag)], []
+                             lr_at(sc, event.step + 1, True)), "warn", "TRAIN")]
         if event.kind == "nan":
             return [line("NaN loss on rank %d at step %s: batch skipped, optimizer step not "
                          "applied (skipped %d)" % (rank, fmt_int(event.step), state.skipped),
-                         "warn", tag)], []
+                         "warn", "TRAIN")]
         if event.kind == "overflow":
             return [line("Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale "
-                         "to %.1f" % drawn.scale, "warn", "AMP")], []
-        if event.kind == "oom":
-            return self.oom_lines(event, rank, drawn)
-        return self.stall_lines(event, rank, drawn)
-
-    def oom_lines(self, event, rank, drawn):
-        """An allocation that does not fit; the step is retried with a split micro-batch."""
-        sc = self.sc
-        capacity = sc.gpu.capacity_gib
-        in_use, tried = drawn
-        before = [line("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f "
-                       "GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is "
-                       "free." % (tried, rank % sc.per_node, capacity, capacity - in_use),
-                       "error", "rank%d" % rank),
-                  line("Rank %d: OOM at step %s; splitting its micro-batch in two and "
-                       "redistributing, step retried" % (rank, fmt_int(event.step)), "warn",
-                       "TRAIN")]
-        return before, [line("Step %s recovered after %.1fs" % (
-            fmt_int(event.step), event.extra_s), "good", "TRAIN")]
-
-    def stall_lines(self, event, rank, drawn):
-        """A slow collective that recovers: the stall shown is the pause the run takes."""
-        sc = self.sc
-        name = software_stack(sc)["collective"]
-        host = sc.hosts[rank // sc.per_node]
-        if ib_fabric(sc):
-            before = ("%s WARN NET/IB : rank %d (%s) got no ACK from peer %s<%d>; the HCA "
-                      "retransmits after its local ACK timeout (NCCL_IB_TIMEOUT=%d, %.2f s; "
-                      "NCCL_IB_RETRY_CNT=%d)" % (name, rank, host, ib_peer(sc, rank), drawn,
-                                                 IB_TIMEOUT, ib_ack_seconds(), IB_RETRY_CNT))
-            cause = "%s of %d allowed" % (plural(ib_retransmits(event.extra_s),
-                                                 "IB retransmission"), IB_RETRY_CNT)
-        else:
-            before = ("%s AllReduce is waiting on rank %d (%s): the other %d ranks have "
-                      "joined, it has not" % (name, rank, host, sc.gpus - 1))
-            cause = "straggler: rank %d's data loader waited on storage" % rank
-        after = "AllReduce completed after a %.2f s stall (%s); training continues" % (
-            event.extra_s, cause)
-        return [line(before, "warn", name)], [line(after, "good", name)]
+                         "to %.1f" % change.scale, "warn", "AMP")]
+        return []
 
     # --- validation, checkpoints, export, summary -----------------------------------
     def validation_lines(self, state, seg, val):
@@ -2439,10 +2665,10 @@ class ClassicVoice(Voice):
         tag = "CKPT"
         total = ckpt.model_bytes + ckpt.optim_bytes
         lines = [line("Saving checkpoint to %s/" % ckpt.path, "phase", tag),
-                 line("Model state: %s (bf16)%s  |  Optimizer state: %s (fp32 master, Adam m "
-                      "and v)" % (fmt_bytes(ckpt.model_bytes), " adapters"
-                                  if sc.adapters else "", fmt_bytes(ckpt.optim_bytes)),
-                      "info", tag)]
+                 line("Model state: %s (%s)  |  Optimizer state: %s (%s)" % (
+                     fmt_bytes(ckpt.model_bytes), "fp32 adapters" if sc.adapters else "bf16",
+                     fmt_bytes(ckpt.optim_bytes), "Adam m and v" if sc.adapters
+                     else "fp32 master, Adam m and v"), "info", tag)]
         marks = sorted(set([max(1, ckpt.shards * k // 4) for k in (1, 2, 3, 4)]))
         for done in marks:
             lines.append(line("Writing shards %d/%d" % (done, ckpt.shards), "info", tag))
@@ -2457,32 +2683,34 @@ class ClassicVoice(Voice):
         return lines + [line(saved, "good", tag, "saved")]
 
     def export_lines(self, state):
+        """The final model in SafeTensors, written from rank 0; a job too large for that (or
+        a pretraining job) leaves its last checkpoint as the result."""
         sc = self.sc
-        tag = "EXPORT"
+        seconds = export_seconds(sc, sc.rank0_write_gbs)
+        if not seconds:
+            last = checkpoint_path(sc, sc.last_step, sc.epochs)
+            return [line("Training finished at step %s; the model is in its last checkpoint, "
+                         "%s/" % (fmt_int(sc.last_step), last), "good", "EXPORT")]
         files = export_files(sc)
         total = export_bytes(sc)
         final = "%s/final" % sc.checkpoint_dir(sc.epochs)
-        what = "adapter weights" if sc.adapters else "model weights (bf16)"
-        writers = export_writers(sc)
-        lines = [line("Converting %s to SafeTensors: %s in %s, written by %s" % (
-            what, fmt_bytes(total), plural(len(files), "file"), writers_text(sc, writers)),
-            "phase", tag)]
+        lines = [line("Saving %s to SafeTensors from rank 0: %s in %s" % (
+            "adapter weights (fp32)" if sc.adapters else "model weights (bf16)",
+            fmt_bytes(total), plural(len(files), "file")), "phase", "EXPORT")]
         step = max(1, int(math.ceil(len(files) / 8.0)))
-        for index in range(step - 1, len(files), step):
-            lines.append(line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
-                              "info", tag))
-        if files[-1] != files[min(len(files) - 1, (len(files) // step) * step - 1)]:
-            lines.append(line("Writing %s [%d/%d]" % (files[-1], len(files), len(files)),
-                              "info", tag))
+        shown = list(range(step - 1, len(files), step))
+        if shown[-1] != len(files) - 1:
+            shown.append(len(files) - 1)
+        lines += [line("Writing %s [%d/%d]" % (files[index], index + 1, len(files)),
+                       tag="EXPORT") for index in shown]
         if len(files) > 1:
             lines.append(line("Wrote model.safetensors.index.json (total_size %d)" % total,
-                              "info", tag))
-        each = total / float(writers) / sc.export_s
-        lines.append(line("Exported to %s/ (%s in %.1fs by %s, %s each)" % (
-            final, fmt_bytes(total), sc.export_s, writers_text(sc, writers),
-            "%.2f GB/s" % (each / GB) if each >= GB else "%.1f MB/s" % (each / 1e6)),
-            "good", tag))
-        return lines
+                              tag="EXPORT"))
+        rate = total / seconds
+        return lines + [line("Exported to %s/ (%s in %.1fs, %s)" % (
+            final, fmt_bytes(total), seconds,
+            "%.2f GB/s" % (rate / GB) if rate >= GB else "%.1f MB/s" % (rate / 1e6)),
+            "good", "EXPORT")]
 
     def summary_lines(self, state):
         return [line(text, "box") for text in summary_box(self.sc, state, self.glyphs)]
@@ -2547,8 +2775,8 @@ class FrameworkVoice(Voice):
     #: The file and line frameworks log rare events from (the user's training script).
     script = "train.py"
 
-    def __init__(self, sc, glyphs, notice=None):
-        Voice.__init__(self, sc, glyphs, notice)
+    def __init__(self, sc, glyphs):
+        Voice.__init__(self, sc, glyphs)
         self.classic = ClassicVoice(sc, glyphs)
 
     def log(self, text, kind="info"):
@@ -2705,46 +2933,11 @@ class FrameworkVoice(Voice):
     def setup_lines(self):
         return self.relog(self.classic.setup_lines())
 
-    def event_lines(self, state, event, rank, drawn):
-        """Rank-local errors as torchrun shows them ([rankN]: ...); the rest as warnings.
-        An fp16 overflow is the loss scaler's to report, where the framework has one."""
-        sc = self.sc
-        if event.kind == "overflow":
-            return [], []
-        before, after = self.classic.event_lines(state, event, rank, drawn)
-        local = rank % sc.per_node
-        if event.kind == "oom":
-            capacity = sc.gpu.capacity_gib
-            runtime = "HIP" if sc.gpu.vendor == "amd" else "CUDA"
-            in_use, tried = drawn
-            error = line("[rank%d]: torch.OutOfMemoryError: %s out of memory. Tried to "
-                         "allocate %.2f GiB. GPU %d has a total capacity of %.2f GiB of which "
-                         "%.2f GiB is free. Including non-PyTorch memory, this process has "
-                         "%.2f GiB memory in use." % (rank, runtime, tried, local, capacity,
-                                                      capacity - in_use, in_use), "error")
-            return [error] + self.relog(before[1:]), self.relog(after)
-        if event.kind == "nccl" and ib_fabric(sc):
-            pid = sc.identity.worker_pid + local
-            warn = line("%s:%d:%d [%d] transport/net_ib.cc:1687 NCCL WARN NET/IB : No ACK "
-                        "from peer %s<%d> on mlx5_%d:1, retransmitting after local ACK "
-                        "timeout (NCCL_IB_TIMEOUT=%d, %.2f s; NCCL_IB_RETRY_CNT=%d)" % (
-                            sc.hosts[rank // sc.per_node], pid, pid + 311, local,
-                            ib_peer(sc, rank), drawn, local, IB_TIMEOUT, ib_ack_seconds(),
-                            IB_RETRY_CNT), "warn")
-            return [warn], self.relog(after)
-        return self.relog(before), self.relog(after)
-
     def validation_lines(self, state, seg, val):
         return self.relog(self.classic.validation_lines(state, seg, val))
 
     def checkpoint_lines(self, state, seg, ckpt):
         return self.relog(self.classic.checkpoint_lines(state, seg, ckpt))
-
-    def export_lines(self, state):
-        return self.relog(self.classic.export_lines(state))
-
-    def summary_lines(self, state):
-        return self.classic.summary_lines(state)
 
     def training_elapsed(self, state):
         """Seconds since the training loop began."""
@@ -2782,11 +2975,17 @@ class HFVoice(FrameworkVoice):
 
     name = "hf"
 
-    def __init__(self, sc, glyphs, notice=None):
-        FrameworkVoice.__init__(self, sc, glyphs, notice)
+    def __init__(self, sc, glyphs):
+        FrameworkVoice.__init__(self, sc, glyphs)
         self.logging_steps = hf_logging_steps(sc)
         #: Losses of the steps since the last logged dict (Trainer's tr_loss).
         self.window = []
+        #: The raw losses of every step this session, summed (for train_loss), and how many.
+        self.loss_sum = 0.0
+        self.loss_steps = 0
+        #: The progress bar's rate, smoothed as tqdm smooths it, and when it last moved.
+        self.rate = TqdmRate()
+        self.bar_moved = None
 
     def hf(self, lineno, text, filename="trainer.py", kind="info", mark=None):
         return line("[%s|%s:%s] %s >> %s" % (log_level(kind), filename, lineno,
@@ -2803,8 +3002,9 @@ class HFVoice(FrameworkVoice):
         if shards > 1:
             lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
                 shards, shards, shards / 2.0, 2.0, self.glyphs)))
-        lines += [
-            self.hf(699, "Using auto half precision backend"),
+        lines.append(self.hf(699, "Using auto half precision backend"))
+        # _inner_training_loop logs its summary in one go: one timestamp for the block.
+        lines += block([
             self.hf(2314, "***** Running training *****"),
             self.hf(2315, "  Num examples = %s" % fmt_int(hf_num_examples(sc))),
             self.hf(2316, "  Num Epochs = %s" % fmt_int(sc.epochs)),
@@ -2815,11 +3015,11 @@ class HFVoice(FrameworkVoice):
             self.hf(2321, "  Gradient Accumulation steps = %d" % sc.grad_accum),
             self.hf(2322, "  Total optimization steps = %s" % fmt_int(sc.total_steps)),
             self.hf(2323, "  Number of trainable parameters = %s" % fmt_int(trainable)),
-        ]
+        ])
         if sc.resumed:
             done = sc.first_step - 1
             epochs_done = done // sc.steps_per_epoch
-            lines += [
+            lines[-1:] = block(lines[-1:] + [
                 self.hf(2345, "  Continuing training from checkpoint, will skip to saved "
                               "global_step"),
                 self.hf(2346, "  Continuing training from epoch %d" % epochs_done),
@@ -2827,20 +3027,25 @@ class HFVoice(FrameworkVoice):
                 self.hf(2349, "  Will skip the first %d epochs then the first %d batches in "
                               "the first epoch." % (epochs_done, (done % sc.steps_per_epoch)
                                                     * sc.grad_accum)),
-            ]
+            ])
         return lines
 
     def bar_line(self, state, kind="progress"):
         sc = self.sc
-        rate = state.tokens_per_s / float(sc.tokens_per_step)
-        return line(tqdm_meter(state.step, sc.total_steps, self.training_elapsed(state), rate,
-                               self.glyphs), kind, "")
+        return line(tqdm_meter(state.step, sc.total_steps, self.training_elapsed(state),
+                               self.rate.value(), self.glyphs), kind, "")
 
     def update_lines(self, state, obs):
         sc = self.sc
         done = obs.done
-        if not skipped_in(obs.events):
+        since = state.clock - (state.train_start if self.bar_moved is None else self.bar_moved)
+        self.rate.update(done, since)
+        self.bar_moved = state.clock
+        if not math.isnan(obs.loss):
+            # logging_nan_inf_filter: a step whose loss is not finite leaves the sums alone.
             self.window += [state.loss] * done
+            self.loss_sum += obs.loss * done
+            self.loss_steps += done
         # The bar moves first; the dict is then written above it (tqdm.write).
         lines = [self.bar_line(state)]
         logs = state.step // self.logging_steps > (state.step - done) // self.logging_steps
@@ -2857,9 +3062,9 @@ class HFVoice(FrameworkVoice):
     def validation_lines(self, state, seg, val):
         sc = self.sc
         batches = val.batches
-        lines = [self.hf(4026, ""), line("***** Running Evaluation *****"),
-                 self.hf(4028, "  Num examples = %d" % val.samples),
-                 self.hf(4031, "  Batch size = %d" % sc.micro_batch)]
+        lines = block([self.hf(4026, ""), line("***** Running Evaluation *****"),
+                       self.hf(4028, "  Num examples = %d" % val.samples),
+                       self.hf(4031, "  Batch size = %d" % sc.micro_batch)])
         for quarter in (1, 2, 3):
             done = batches * quarter // 4
             lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
@@ -2905,26 +3110,66 @@ class HFVoice(FrameworkVoice):
         return lines[:-1] + [lines[-1]._replace(mark="saved")]
 
     def export_lines(self, state):
+        """The end of train(), then run_clm's save_model() (rank 0 writes the model) and
+        its log_metrics("train") block."""
         sc = self.sc
         runtime = self.training_elapsed(state)
-        if not sc.resumed:
-            samples = hf_num_examples(sc) * sc.epochs
-        else:
-            samples = sc.session_steps * sc.global_batch
-        history = state.loss_history or [float(state.loss_text or "nan")]
-        record = collections.OrderedDict([
+        samples = (hf_num_examples(sc) * sc.epochs if not sc.resumed
+                   else sc.session_steps * sc.global_batch)
+        metrics = collections.OrderedDict([
             ("train_runtime", round(runtime, 4)),
             ("train_samples_per_second", round(samples / runtime, 3)),
             ("train_steps_per_second", round(sc.session_steps / runtime, 3)),
-            ("train_loss", math.fsum(history) / len(history)),
+            ("train_loss", self.loss_sum / max(1, self.loss_steps)),
             ("epoch", round(sc.last_step / float(sc.steps_per_epoch), 2))])
         final = "%s/final" % sc.checkpoint_dir(sc.epochs)
         lines = [self.hf(2591, ""), line(""),
                  line("Training completed. Do not forget to share your model on "
                       "huggingface.co/models =)"), line(""),
-                 line(hf_dict(record)),
+                 line(hf_dict(metrics)),
                  self.hf(3801, "Saving model checkpoint to %s" % final)]
-        return lines + self.save_lines(final, "model.safetensors.index.json")
+        lines += self.save_lines(final, "model.safetensors.index.json")
+        metrics["total_flos"] = 6.0 * sc.model.params * sc.last_step * sc.tokens_per_step
+        metrics["train_samples"] = samples
+        return lines + block([line(text) for text in hf_metrics_block("train", metrics)])
+
+
+def hf_metrics_block(split, metrics):
+    """Trainer.log_metrics: `***** train metrics *****`, then sorted, aligned key = value
+    lines in metrics_format's units (runtime as H:MM:SS.cc, FLOPs in GF)."""
+    shown = collections.OrderedDict()
+    for key, value in metrics.items():
+        if key.endswith("_runtime"):
+            seconds = int(value)
+            value = "%d:%02d:%02d.%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60,
+                                           int((value - seconds) * 100))
+        elif key == "total_flos":
+            value = "%dGF" % (int(value) >> 30)
+        elif isinstance(value, float):
+            value = round(value, 4)
+        shown[key] = str(value)
+    key_width = max(len(key) for key in shown)
+    value_width = max(len(value) for value in shown.values())
+    return ["***** %s metrics *****" % split] + [
+        "  %s = %s" % (key.ljust(key_width), shown[key].rjust(value_width))
+        for key in sorted(shown)]
+
+
+class TqdmRate:
+    """The rate tqdm shows: exponential moving averages (smoothing 0.3) of the steps and
+    of the seconds between two updates, each bias-corrected, their ratio (tqdm.std.EMA)."""
+
+    def __init__(self, smoothing=0.3):
+        self.alpha = smoothing
+        self.steps = self.seconds = 0.0
+
+    def update(self, steps, seconds):
+        self.steps = self.alpha * steps + (1 - self.alpha) * self.steps
+        self.seconds = self.alpha * seconds + (1 - self.alpha) * self.seconds
+
+    def value(self):
+        """Steps per second (the bias corrections of the two averages cancel)."""
+        return self.steps / self.seconds if self.seconds else 0.0
 
 
 def hf_dict(record):
@@ -2955,8 +3200,8 @@ class LightningVoice(FrameworkVoice):
 
     name = "lightning"
 
-    def __init__(self, sc, glyphs, notice=None):
-        FrameworkVoice.__init__(self, sc, glyphs, notice)
+    def __init__(self, sc, glyphs):
+        FrameworkVoice.__init__(self, sc, glyphs)
         # The logger's version: one per launch of the job.
         self.v_num = sc.identity.launches if sc.resumed else 0
         #: When this process's epoch bar was created (tqdm times it from then).
@@ -3053,7 +3298,8 @@ class LightningVoice(FrameworkVoice):
         return []
 
     def micro_lines(self, state):
-        return [self.bar_line(state)] if state.tokens_per_s else []
+        """The bar counts batches, so it moves in place between optimizer steps."""
+        return [self.bar_line(state, "live")] if state.tokens_per_s else []
 
     def update_lines(self, state, obs):
         sc = self.sc
@@ -3087,8 +3333,8 @@ class LightningVoice(FrameworkVoice):
             limit = "max_epochs=%d" % sc.epochs
         else:
             limit = "max_steps=%d" % sc.total_steps
-        return ([line("`Trainer.fit` stopped: `%s` reached." % limit)]
-                + FrameworkVoice.export_lines(self, state))
+        # ModelCheckpoint(save_last=True) writes last.ckpt silently before fit() returns.
+        return [line("`Trainer.fit` stopped: `%s` reached." % limit)]
 
 
 def zero_stage(sc):
@@ -3107,8 +3353,8 @@ class DeepSpeedVoice(FrameworkVoice):
 
     loss_scaling = DEEPSPEED_LOSS_SCALING
 
-    def __init__(self, sc, glyphs, notice=None):
-        FrameworkVoice.__init__(self, sc, glyphs, notice)
+    def __init__(self, sc, glyphs):
+        FrameworkVoice.__init__(self, sc, glyphs)
         #: Samples/s of every step so far, for the timer's running average.
         self.rates = []
 
@@ -3124,8 +3370,11 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def scheduler(self):
         """DeepSpeed's scheduler for the run's schedule, its warmup linear as announced (the
-        default warmup_type is "log"), decaying to the run's floor."""
+        default warmup_type is "log"), decaying to the run's floor; (None, None) where
+        DeepSpeed has none (warmup-stable-decay) and the script passes its own."""
         sc = self.sc
+        if sc.schedule == "wsd":
+            return None, None
         if sc.schedule == "cosine":
             return "WarmupCosineLR", {"total_num_steps": sc.total_steps,
                                       "warmup_num_steps": sc.warmup_steps,
@@ -3137,18 +3386,21 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def config(self):
         sc = self.sc
-        return {"bf16": {"enabled": sc.precision == "bf16"},
-                "fp16": {"enabled": sc.precision == "fp16", "initial_scale_power": 16,
-                         "hysteresis": 2, "loss_scale_window": 1000},
-                "gradient_accumulation_steps": sc.grad_accum, "gradient_clipping": 1.0,
-                "optimizer": {"type": "AdamW", "params": {"lr": sc.peak_lr,
-                                                          "betas": [0.9, 0.95],
-                                                          "weight_decay": 0.1}},
-                "scheduler": {"type": self.scheduler()[0], "params": self.scheduler()[1]},
-                "steps_per_print": sc.log_every, "train_batch_size": sc.global_batch,
-                "train_micro_batch_size_per_gpu": sc.micro_batch,
-                "wall_clock_breakdown": False,
-                "zero_optimization": {"stage": zero_stage(sc), "overlap_comm": True}}
+        config = {"bf16": {"enabled": sc.precision == "bf16"},
+                  "fp16": {"enabled": sc.precision == "fp16", "initial_scale_power": 16,
+                           "hysteresis": 2, "loss_scale_window": 1000},
+                  "gradient_accumulation_steps": sc.grad_accum, "gradient_clipping": 1.0,
+                  "optimizer": {"type": "AdamW", "params": {"lr": sc.peak_lr,
+                                                            "betas": [0.9, 0.95],
+                                                            "weight_decay": 0.1}},
+                  "steps_per_print": sc.log_every, "train_batch_size": sc.global_batch,
+                  "train_micro_batch_size_per_gpu": sc.micro_batch,
+                  "wall_clock_breakdown": False,
+                  "zero_optimization": {"stage": zero_stage(sc), "overlap_comm": True}}
+        name, params = self.scheduler()
+        if name:
+            config["scheduler"] = {"type": name, "params": params}
+        return config
 
     def startup_lines(self):
         return self.smi_lines() + self.torchrun_lines() + [
@@ -3189,11 +3441,17 @@ class DeepSpeedVoice(FrameworkVoice):
         lines += [
             self.dist("DeepSpeed Final Optimizer = %s" % (
                 "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer")),
-            self.dist("DeepSpeed using configured LR scheduler = %s" % self.scheduler()[0]),
-            self.dist("DeepSpeed LR Scheduler = <deepspeed.runtime.lr_schedules.%s object at "
-                      "0x7f%010x>" % (self.scheduler()[0],
-                                      sc.identity.comm % 0xffffffff0 + 0x10))]
+            self.scheduler_line(),
+            self.dist("DeepSpeed LR Scheduler = <%s object at 0x7f%010x>" % (
+                "deepspeed.runtime.lr_schedules.%s" % self.scheduler()[0] if self.scheduler()[0]
+                else "torch.optim.lr_scheduler.LambdaLR", sc.identity.comm % 0xffffffff0 + 0x10))]
         return lines
+
+    def scheduler_line(self):
+        name = self.scheduler()[0]
+        if name:
+            return self.dist("DeepSpeed using configured LR scheduler = %s" % name)
+        return self.dist("DeepSpeed using client LR scheduler")
 
     def config_lines(self):
         """DeepSpeedEngine's configuration dump (sorted, dot-padded) and the user's JSON."""
@@ -3227,7 +3485,7 @@ class DeepSpeedVoice(FrameworkVoice):
     def update_lines(self, state, obs):
         sc = self.sc
         # The loss scaler speaks inside step(), before the step is reported.
-        lines = [self.overflow_line(change) for change in obs.scale_changes]
+        lines = [self.overflow_line(change) for change in obs.scale_changes.values()]
         skipped = state.skipped + skipped_in(obs.events)
         lr = state.lr
         samples_per_s = state.tokens_per_s / sc.seq_len
@@ -3243,7 +3501,16 @@ class DeepSpeedVoice(FrameworkVoice):
                     "epoch=%d/micro_step=%d/global_step=%d, RunningAvgSamplesPerSec=%r, "
                     "CurrSamplesPerSec=%r, MemAllocated=%.2fGB, MaxMemAllocated=%.2fGB" % (
                         state.epoch - 1, state.step * sc.grad_accum, state.step, running,
-                        samples_per_s, allocated, allocated + 0.6 * RUNTIME_OVERHEAD_GIB))]
+                        samples_per_s, allocated, allocated + 0.6 * RUNTIME_OVERHEAD_GIB)),
+            # The engine never prints the loss: the training script logs it, through
+            # DeepSpeed's log_dist, after each step the engine reports.
+            self.dist("Loss: %.4f" % state.loss)]
+
+    def export_lines(self, state):
+        """The script returns; the deepspeed launcher reports each local process's exit."""
+        sc = self.sc
+        return block([self.ds("launch.py:351:main", "Process %d exits successfully." % (
+            sc.identity.worker_pid + local)) for local in range(sc.per_node)])
 
     def overflow_line(self, change):
         """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""
@@ -3297,8 +3564,8 @@ class MegatronVoice(FrameworkVoice):
 
     loss_scaling = MEGATRON_LOSS_SCALING
 
-    def __init__(self, sc, glyphs, notice=None):
-        FrameworkVoice.__init__(self, sc, glyphs, notice)
+    def __init__(self, sc, glyphs):
+        FrameworkVoice.__init__(self, sc, glyphs)
         #: report_memory() prints once, at the first logged iteration.
         self.reported_memory = False
 
@@ -3369,14 +3636,18 @@ class MegatronVoice(FrameworkVoice):
         nans = sum(1 for event in obs.events if event.kind == "nan")
         ms = 1000.0 * sc.tokens_per_step / state.tokens_per_s
         tflops = tflops_per_gpu(sc, state.tokens_per_s)
+        skipped = skipped_in(obs.events)
+        # Skipped iterations add nothing to the averaged losses: an interval of only those
+        # has no loss field at all; a skipped last iteration returns no grad norm.
+        loss = "" if skipped >= obs.done else " lm loss: %.6E |" % state.loss
+        norm = " grad norm: %.3f |" % state.grad_norm if math.isfinite(state.grad_norm) else ""
         text = (" [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration "
                 "(ms): %.1f | throughput per GPU (TFLOP/s/GPU): %.1f | learning rate: %.6E | "
-                "global batch size: %5d | lm loss: %.6E | loss scale: %.1f | grad norm: %.3f | "
+                "global batch size: %5d |%s loss scale: %.1f |%s "
                 "number of skipped iterations: %3d | number of nan iterations: %3d |" % (
                     slot("seconds"), state.step, sc.total_steps, state.step * sc.global_batch,
-                    ms, tflops, state.lr, sc.global_batch, state.loss,
-                    obs.loss_scale if sc.precision == "fp16" else 1.0, state.grad_norm,
-                    skipped_in(obs.events), nans))
+                    ms, tflops, state.lr, sc.global_batch, loss,
+                    obs.loss_scale if sc.precision == "fp16" else 1.0, norm, skipped, nans))
         lines = [line(text)]
         if not self.reported_memory:
             self.reported_memory = True
@@ -3404,8 +3675,7 @@ class MegatronVoice(FrameworkVoice):
                 seg.last_step, root), mark="saved")]
 
     def export_lines(self, state):
-        return ([line("[after training is done] datetime: %s " % slot("seconds"))]
-                + FrameworkVoice.export_lines(self, state))
+        return [line("[after training is done] datetime: %s " % slot("seconds"))]
 
 
 class TorchtitanVoice(FrameworkVoice):
@@ -3500,7 +3770,125 @@ class TorchtitanVoice(FrameworkVoice):
 
     def export_lines(self, state):
         return [self.log("Sleeping 2 seconds for other ranks to complete"),
-                self.log("Training completed")] + FrameworkVoice.export_lines(self, state)
+                self.log("Training completed")]
+
+
+# --- a session's next job, typed at a shell prompt on the first node -----------------------
+
+#: Hugging Face Hub ids of the models (a custom model loads from a local directory).
+HF_REPOS = {"GPT-2": "openai-community/gpt2", "GPT-2-XL": "openai-community/gpt2-xl",
+            "Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B", "Llama-3.2-1B": "meta-llama/Llama-3.2-1B",
+            "Llama-3.2-3B": "meta-llama/Llama-3.2-3B", "Llama-2-7B": "meta-llama/Llama-2-7b-hf",
+            "Falcon-7B": "tiiuae/falcon-7b", "Mistral-7B-v0.1": "mistralai/Mistral-7B-v0.1",
+            "Qwen2.5-7B": "Qwen/Qwen2.5-7B", "Llama-3.1-8B": "meta-llama/Llama-3.1-8B",
+            "Gemma-2-9B": "google/gemma-2-9b", "Llama-2-13B": "meta-llama/Llama-2-13b-hf",
+            "GPT-NeoX-20B": "EleutherAI/gpt-neox-20b", "Gemma-2-27B": "google/gemma-2-27b",
+            "Mixtral-8x7B": "mistralai/Mixtral-8x7B-v0.1",
+            "Llama-2-70B": "meta-llama/Llama-2-70b-hf", "Llama-3.1-70B": "meta-llama/Llama-3.1-70B",
+            "Qwen2.5-72B": "Qwen/Qwen2.5-72B", "Llama-3.1-405B": "meta-llama/Llama-3.1-405B"}
+#: Who runs the jobs of a session, and from where.
+SHELL_USERS = ["ubuntu", "mlops", "train", "jdoe", "akumar", "swang"]
+
+
+def hf_repo(model):
+    return HF_REPOS.get(model.name, "./models/%s" % model.name.lower())
+
+
+def shell_prompt(sc):
+    """`user@node:~/dir$ `: the same user and directory for every job of a session."""
+    a, b = sc.identity.subnet
+    return "%s@%s:~/llm-training$ " % (SHELL_USERS[(a * 31 + b) % len(SHELL_USERS)],
+                                        sc.hosts[0])
+
+
+def torchrun_args(sc):
+    """torchrun's own arguments for this cluster: standalone on one node, c10d rendezvous
+    across several."""
+    if sc.nodes == 1:
+        return "torchrun --standalone --nproc_per_node=%d" % sc.per_node
+    return ("torchrun --nnodes=%d --nproc_per_node=%d --rdzv_id=%d --rdzv_backend=c10d "
+            "--rdzv_endpoint=%s:%d" % (sc.nodes, sc.per_node, sc.identity.launcher_pid % 900000,
+                                       sc.hosts[0], sc.master_port))
+
+
+def deepspeed_command(sc):
+    """The deepspeed launcher: a hostfile and the first node's address across nodes."""
+    nodes = "" if sc.nodes == 1 else (" --num_nodes %d --hostfile hostfile --master_addr %s "
+                                      "--master_port %d" % (sc.nodes, sc.hosts[0],
+                                                            sc.master_port))
+    return ("deepspeed --num_gpus %d%s train.py --model_name_or_path %s --dataset %s "
+            "--deepspeed --deepspeed_config ds_config.json" % (
+                sc.per_node, nodes, hf_repo(sc.model), sc.dataset.name))
+
+
+def megatron_command(sc):
+    """pretrain_gpt.py under torchrun, with the model and parallel layout on the line."""
+    return ("%s pretrain_gpt.py --tensor-model-parallel-size %d --pipeline-model-parallel-size "
+            "%d --num-layers %d --hidden-size %d --num-attention-heads %d --seq-length %d "
+            "--micro-batch-size %d --global-batch-size %d --train-iters %d --lr %g --min-lr %g "
+            "--bf16 --use-distributed-optimizer --save %s --load %s" % (
+                torchrun_args(sc), sc.tp, sc.pp, sc.model.layers, sc.model.hidden,
+                sc.model.heads, sc.seq_len, sc.micro_batch, sc.global_batch, sc.total_steps,
+                sc.peak_lr, sc.min_lr, sc.checkpoint_dir(1), sc.checkpoint_dir(1)))
+
+
+#: The TOML configs torchtitan ships (torchtitan/models/llama3/train_configs/); any other
+#: model trains from a config its team wrote beside the checkout.
+TORCHTITAN_CONFIGS = {"Llama-3.1-8B": "./torchtitan/models/llama3/train_configs/llama3_8b.toml",
+                      "Llama-3.1-70B": "./torchtitan/models/llama3/train_configs/llama3_70b.toml",
+                      "Llama-3.1-405B":
+                          "./torchtitan/models/llama3/train_configs/llama3_405b.toml"}
+
+
+def torchtitan_command(sc):
+    """torchtitan's run_train.sh with the model's TOML config."""
+    own = "./train_configs/%s.toml" % re.sub(r"[^a-z0-9]+", "_", sc.model.name.lower())
+    return 'CONFIG_FILE="%s" ./run_train.sh --training.steps %d' % (
+        TORCHTITAN_CONFIGS.get(sc.model.name, own), sc.total_steps)
+
+
+def lightning_command(sc):
+    """A LightningCLI script under srun (Lightning reads the SLURM environment)."""
+    return ("srun python train.py --trainer.devices=%d --trainer.num_nodes=%d "
+            "--trainer.precision=%s-mixed --model.name=%s --data.dataset=%s" % (
+                sc.per_node, sc.nodes, "bf16" if sc.precision == "bf16" else "16",
+                hf_repo(sc.model), sc.dataset.name))
+
+
+def hf_command(sc):
+    """TRL's SFT script with PEFT for adapters, else transformers' run_clm.py."""
+    if sc.adapters:
+        return ("accelerate launch --num_processes %d --num_machines %d -m trl.scripts.sft "
+                "--model_name_or_path %s --dataset_name %s --use_peft --lora_r %d%s "
+                "--learning_rate %g --num_train_epochs %d --output_dir %s" % (
+                    sc.gpus, sc.nodes, hf_repo(sc.model), sc.dataset.name,
+                    LORA_RANK[sc.method], " --load_in_4bit" if sc.method == "qlora" else "",
+                    sc.peak_lr, sc.epochs, sc.checkpoint_dir(1)))
+    return ("%s run_clm.py --model_name_or_path %s --dataset_name %s "
+            "--per_device_train_batch_size %d --gradient_accumulation_steps %d "
+            "--learning_rate %g --num_train_epochs %d --block_size %d --bf16 --do_train "
+            "--do_eval --output_dir %s" % (
+                torchrun_args(sc), hf_repo(sc.model), sc.dataset.name, sc.micro_batch,
+                sc.grad_accum, sc.peak_lr, sc.epochs, sc.seq_len, sc.checkpoint_dir(1)))
+
+
+def classic_command(sc):
+    """llmtrain's own training script under torchrun."""
+    return ("%s train.py --model %s --dataset %s --method %s --epochs %d --lr %g "
+            "--global-batch-size %d --seq-len %d --output-dir %s" % (
+                torchrun_args(sc), hf_repo(sc.model), sc.dataset.name, sc.method, sc.epochs,
+                sc.peak_lr, sc.global_batch, sc.seq_len, sc.checkpoint_dir(1)))
+
+
+#: How each style's job is started at the prompt.
+LAUNCH_COMMANDS = {"classic": classic_command, "hf": hf_command, "lightning": lightning_command,
+                   "deepspeed": deepspeed_command, "megatron": megatron_command,
+                   "torchtitan": torchtitan_command}
+
+
+def launch_command(style, sc):
+    """The command line that starts this job in `style`, with its real arguments."""
+    return LAUNCH_COMMANDS[style](sc)
 
 
 #: --style names, in the order --list-styles prints them; `random` picks a framework one.
@@ -3515,26 +3903,14 @@ STYLE_TITLES = {"classic": "llmtrain's own tagged log (the default)",
                 "random": "one of the framework styles, picked from the run's seed"}
 
 
-#: The style that tells a run whose method the asked-for framework cannot train.
-FALLBACK_STYLE = "hf"
-
-
 def make_voice(style, sc, glyphs):
-    """The voice of one run; `random` draws from its own stream so the run stays the same
-    and picks only frameworks that can train the run's method. A framework asked for by
-    name that cannot (Megatron or torchtitan and LoRA) hands the run to transformers/PEFT
-    and says so in one line."""
+    """The voice of one run. `random` draws from its own stream, so the run stays the same,
+    and picks among the frameworks that can train it; a style asked for by name was given
+    a run it trains when the scenario was drawn."""
     if style == "random":
-        able = [name for name, voice in list(STYLES.items())[1:] if sc.method in voice.methods]
+        able = [name for name in list(STYLES)[1:] if trains(FRAMEWORKS[name], sc)]
         style = random_stream(sc.seed, "style").choice(able)
-    notice = None
-    if sc.method not in STYLES[style].methods:
-        notice = line("llmtrain: --style %s: %s trains whole models only (no LoRA/QLoRA "
-                      "adapters), so this %s run is told in the %s style (transformers + PEFT)"
-                      % (style, STYLE_TITLES[style].split(" (")[0], method_title(sc),
-                         FALLBACK_STYLE))
-        style = FALLBACK_STYLE
-    return STYLES[style](sc, glyphs, notice)
+    return STYLES[style](sc, glyphs)
 
 
 # ==========================================================================================
@@ -3591,7 +3967,8 @@ def header_lines(state, width, run_clock, glyphs):
     eta = state.eta_at(run_clock)
     eta = "--:--" if eta is None else fmt_eta(eta)
     where = "Epoch %d/%d  Step %s/%s " % (
-        state.epoch, sc.epochs, fmt_int(max(0, state.step)), fmt_int(sc.total_steps))
+        state.epoch, sc.epochs, fmt_int(max(0, state.step_in_epoch)),
+        fmt_int(sc.steps_per_epoch))
     # A resumed job's bar is this session's share; its step count is the whole job's.
     session = " of session" if sc.resumed else ""
     when = " %5.1f%%%s  Elapsed %s  ETA %s" % (100.0 * state.progress, session,
@@ -3834,8 +4211,10 @@ class PlainRenderer:
         self.live = ""
 
     def emit(self, item, state, now):
+        if item.kind == "live" and not self.redraw:
+            return  # a pipe gets one line per optimizer update, not the bar in between
         text = plain_text(item, self.color, now)
-        if self.redraw and item.kind == "progress":
+        if self.redraw and item.kind in ("progress", "live"):
             width = shutil.get_terminal_size((100, 24)).columns - 1
             # Colour codes would be cut mid-sequence: the live line is clipped uncoloured.
             shown = plain_text(item, False, now)[:width]
@@ -3962,7 +4341,7 @@ class DashboardRenderer:
         if item.kind != "grid":
             segments = log_segments(stamp(item, now),
                                     time.strftime("%H:%M:%S", time.localtime(now)))
-            if item.kind == "progress":
+            if item.kind in ("progress", "live"):
                 self.live = segments
             else:
                 if self.live and item.kind == "phase":
@@ -4363,8 +4742,9 @@ def drive(stream, state, renderer, pacer):
 
 def scenarios(first, request, runs):
     """The session's runs: `first`, already drawn, then one per seed after it (forever
-    unless `runs`); a seed whose draw cannot run is passed over."""
+    unless `runs`) on the same allocation; a seed whose draw cannot run is passed over."""
     yield first
+    request = request._replace(cluster=first.cluster())
     for seed in itertools.count(first.seed + 1):
         if runs is not None and seed >= first.seed + runs:
             return
@@ -4379,7 +4759,7 @@ def run_session(runs, style, renderer, glyphs, pacer):
     for index, sc in enumerate(runs):
         if index:
             pacer.pause(3.0, renderer.idle)
-        plot = Plot(sc, make_voice(style, sc, glyphs))
+        plot = Plot(sc, make_voice(style, sc, glyphs), launched=index > 0)
         pacer.start_run()
         renderer.start_run(plot.state)
         drive(plot.lines(), plot.state, renderer, pacer)
@@ -4586,7 +4966,7 @@ def run_command(argv, stream):
         stream.write(list_models() if args.list_models else list_styles())
         stream.flush()
         return
-    request = Request(args.model, args.gpus, args.gpu, args.humor)
+    request = Request(args.model, args.gpus, args.gpu, args.humor, args.style, None)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
     try:
         first = build_scenario(seed, *request)

@@ -24,7 +24,8 @@ FOUND = re.compile(r"Found (\d+) (.+) GPUs? across (\d+) nodes?$")
 BATCH = re.compile(r"Batch: ([\d,]+) \(global\), (\d+) \(per GPU\)$")
 ACCUM = re.compile(r"Gradient accumulation: (\d+) steps?, ([\d,]+) tokens per optimizer step$")
 OPTIMIZER = re.compile(r"Optimizer: AdamW, peak LR ([\d.e+-]+), warmup ([\d,]+) steps, "
-                       r"(cosine|linear) decay to ([\d.e+-]+)$")
+                       r"(cosine decay|linear decay|constant, then linear decay over the last "
+                       r"([\d,]+) steps \(WSD\)) to ([\d.e+-]+)$")
 EPOCHS = re.compile(r"Epochs: (\d+), steps per epoch: ([\d,]+), total steps: ([\d,]+)$")
 VAL = re.compile(r"Val Loss: ([\d.]+)  \|  Val PPL: ([\d.]+)  \|  Accuracy: ([\d.]+)%$")
 SPIKE = re.compile(r"Loss spike at step ([\d,]+): .*reducing LR by 50%")
@@ -74,11 +75,13 @@ def find(lines, pattern):
     raise AssertionError("no line matches %s" % pattern.pattern)
 
 
-def progress(lines):
+def progress(lines, kind="progress"):
+    """(clock, match) of every metrics line (kind progress: one per optimizer update; live
+    lines only move the bar in place between two of them)."""
     rows = []
     for clock, item in lines:
         match = PROGRESS.search(item.text)
-        if match:
+        if match and item.kind == kind:
             rows.append((clock, match))
     return rows
 
@@ -110,33 +113,61 @@ def run_of(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_run_length_and_phase_pacing(seed):
     sc, state, lines = run_of(seed)
-    # 2-4 minutes at --speed 1, made of the phases the reference paces.
+    # 2-4 minutes at --speed 1: start-up, 30-60 s segments (a resumed job's final decay is
+    # one longer stretch), each with its validation; saves take what their bytes take.
     assert 120 <= state.clock <= 240
-    assert 5 <= sc.init_s <= 10 and 5 <= sc.export_s <= 10
+    assert 5 <= sc.init_s <= 10
+    export = lt.export_seconds(sc, sc.rank0_write_gbs)
+    assert export + 0.8 <= sc.export_s <= export + 2.0
+    longest = 170 if sc.kind == "pretrain" else 60
     for seg in sc.segments:
         assert 5 <= seg.validation_s <= 10
-        assert 3 <= seg.checkpoint_s <= 5
+        saving = lt.checkpoint_seconds(sc, sc)
+        assert (saving + 0.3 <= seg.checkpoint_s <= saving + 0.8) if seg.saves \
+            else seg.checkpoint_s == 0
         training = sum(update[2] for update in seg.updates)
         warmup = sc.first_step_extra_s if seg.index == 0 else 0.0  # the slow first step
-        assert 30 * 0.9 <= training - warmup <= 60 * 1.1
+        stalls = sum(e.extra_s for e in sc.events
+                     if e.kind == "slow" and seg.first_step <= e.step <= seg.last_step)
+        assert 30 * 0.9 <= training - warmup - stalls <= longest * 1.25
     ready = [clock for clock, item in lines if item.text == "Ready to train!"]
     assert len(ready) == 1 and 5 <= ready[0] <= 10
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_updates_come_every_third_of_a_second_to_a_second(seed):
+    """The progress line moves every 0.3-1 s: one metrics line per optimizer update when
+    steps are short, the bar in place (live) between the metrics lines of long steps."""
     sc, state, lines = run_of(seed)
+    slow = set(e.step for e in sc.events if e.kind == "slow")
     gaps = []
     last = None
     for clock, item in lines:
+        match = PROGRESS.search(item.text)
         if item.kind in ("warn", "error", "phase"):
             last = None  # events and phase changes are pauses of their own
-        elif PROGRESS.search(item.text):
-            if last is not None:
+        elif match and item.kind in ("progress", "live"):
+            step = (int(match.group("epoch")) - 1) * sc.steps_per_epoch + int(
+                match.group("step"))
+            if last is not None and not slow & set(range(step - sc.log_every, step + 2)):
                 gaps.append(clock - last)
             last = clock
     assert gaps
-    assert all(0.29 <= gap <= 1.01 for gap in gaps), (min(gaps), max(gaps))
+    # Throughput drifts a percent or two; the first update after a pause runs slower.
+    assert all(0.29 <= gap <= 1.2 for gap in gaps), (min(gaps), max(gaps))
+    assert sum(1 for gap in gaps if gap <= 1.03) >= 0.9 * len(gaps)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_metrics_line_per_optimizer_update(seed):
+    """No step is reported twice: what moves between two optimizer steps is the bar in
+    place, never a new log line."""
+    sc, state, lines = run_of(seed)
+    steps = [(int(m.group("epoch")), int(m.group("step"))) for _, m in progress(lines)]
+    assert len(steps) == len(set(steps))
+    assert not any(m.group("micro") for _, m in progress(lines))
+    if sc.micro_updates > 1:
+        assert all(m.group("micro") for _, m in progress(lines, "live"))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -160,7 +191,7 @@ def test_progress_never_goes_backwards(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_lr_follows_the_announced_schedule(seed):
     sc, state, lines = run_of(seed)
-    peak, warmup, schedule, floor = find(lines, OPTIMIZER).groups()
+    peak, warmup, schedule, decay, floor = find(lines, OPTIMIZER).groups()
     peak, warmup, floor = float(peak), number(warmup), float(floor)
     total = number(find(lines, EPOCHS).group(3))
     spikes = [number(m.group(1)) for m in (SPIKE.search(t) for t in texts(lines)) if m]
@@ -173,7 +204,7 @@ def test_lr_follows_the_announced_schedule(seed):
             last_step = (int(match.group(1)) - 1) * sc.steps_per_epoch + int(match.group(2))
         if "NaN loss on rank" in text or text.startswith("Gradient overflow."):
             skipped.append(last_step)
-    last_lr = None
+    last_lr = last_counted = None
     for _, match in progress(lines):
         if match.group("micro"):
             continue
@@ -181,17 +212,20 @@ def test_lr_follows_the_announced_schedule(seed):
         counted = step - len([s for s in skipped if s <= step])
         if counted <= warmup:
             expected = peak * counted / warmup
+        elif decay:
+            shape = 1 - min(1.0, max(0.0, (counted - (total - number(decay))) / number(decay)))
+            expected = floor + (peak - floor) * shape
         else:
             fraction = min(1.0, (counted - warmup) / (total - warmup))
-            shape = 0.5 * (1 + math.cos(math.pi * fraction)) if schedule == "cosine" \
+            shape = 0.5 * (1 + math.cos(math.pi * fraction)) if schedule == "cosine decay" \
                 else 1 - fraction
             expected = floor + (peak - floor) * shape
         expected *= 0.5 ** len([s for s in spikes if s < step])
         shown = float(match.group("lr"))
         assert shown == pytest.approx(expected, rel=6e-4, abs=1e-12)
-        if last_lr is not None and counted > warmup + 1:
+        if last_lr is not None and last_counted > warmup:
             assert shown <= last_lr * (1 + 1e-3)
-        last_lr = shown
+        last_lr, last_counted = shown, counted
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -203,20 +237,14 @@ def test_loss_starts_where_that_kind_of_run_starts_and_falls(seed):
     if sc.loss_curve == "sft" and sc.first_step == 1:
         assert 1.3 <= first <= 2.7
     elif sc.loss_curve == "fresh":
-        assert math.log(sc.model.vocab) <= first <= math.log(sc.model.vocab) + 1.2
+        assert math.log(sc.model.vocab) - 2.0 <= first <= math.log(sc.model.vocab) + 0.6
     else:
         assert 1.0 <= first <= 3.5
-    if sc.first_step == 1:
-        head = losses[:max(2, len(losses) // 5)]
-        tail = losses[-max(2, len(losses) // 5):]
-        assert sum(tail) / len(tail) < sum(head) / len(head) - 0.1
-    else:
-        # The tail of a long job: flat within noise, apart from a spike that decays.
-        spikes = [number(m.group(1)) for m in (SPIKE.search(t) for t in texts(lines)) if m]
-        calm = [float(m.group("loss")) for _, m in progress(lines) if not m.group("micro")
-                and not spikes]
-        if calm:
-            assert max(calm) - min(calm) < 8 * sc.noise + 0.05
+    # Every run shows its loss falling clearly: a resumed job's final LR decay too.
+    head = losses[:max(2, len(losses) // 5)]
+    tail = losses[-max(2, len(losses) // 5):]
+    fall = 0.1 if sc.first_step == 1 else 0.03
+    assert sum(tail) / len(tail) < sum(head) / len(head) - fall
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -235,20 +263,30 @@ def test_throughput_batch_and_step_time_add_up(seed):
             first_logged:
         assert number(first.group("tps")) < 0.97 * sc.cluster_tokens_per_s
         rows = rows[1:]
+    slow = set(e.step for e in sc.events if e.kind == "slow")
+    ratios = []
     for clock, match in rows:
         tps = number(match.group("tps"))
         sps = number(match.group("sps"))
         # A sample is one packed sequence: tok/s over samples/s is the sequence length.
         assert tps / sps == pytest.approx(seq_len, rel=0.003 + 0.006 / sps)
-        assert tps == pytest.approx(sc.cluster_tokens_per_s, rel=0.01)
-    # Consecutive updates are as far apart as their tokens take at that throughput.
+        # Never faster than the plan by more than drift; slower after a pause or a stall.
+        assert tps <= sc.cluster_tokens_per_s * 1.02
+        ratios.append(tps / sc.cluster_tokens_per_s)
+    # Real runs drift a little and dip after evaluations and saves; most steps are close.
+    assert sum(1 for r in ratios if r >= 0.97) >= 0.8 * len(ratios)
+    if len(sc.segments) > 1 and len(ratios) >= 20:
+        assert max(ratios) - min(ratios) >= 0.01
+    # Consecutive updates are exactly as far apart as their tokens take at the shown rate.
     for (c0, m0), (c1, m1) in zip(rows, rows[1:]):
         if m0.group("epoch") != m1.group("epoch"):
             continue
         steps = int(m1.group("step")) - int(m0.group("step"))
-        seconds = c1 - c0
+        if steps <= 0 or c1 - c0 > steps * sc.step_seconds * 1.3 + sum(
+                e.extra_s for e in sc.events if e.kind == "slow"):
+            continue  # a validation or checkpoint lies between them
         expected = steps * tokens_per_step / number(m1.group("tps"))
-        assert seconds >= expected * 0.985
+        assert c1 - c0 == pytest.approx(expected, rel=0.002)
     # Model FLOP utilisation stays in the plausible band for the GPU.
     mfu = sc.flops_per_token * sc.cluster_tokens_per_s / sc.gpus / sc.gpu.peak_flops
     assert 0.1 <= mfu <= (0.55 if sc.gpu.key.startswith("a100") else 0.5)
@@ -271,11 +309,12 @@ def test_the_model_fits_and_memory_is_steady(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_eta_counts_down_with_the_clock(seed):
     sc, state, lines = run_of(seed)
-    ends = [clock + parse_hms(m.group("eta")) for clock, m in progress(lines)]
+    rows = progress(lines)
+    ends = [clock + parse_hms(m.group("eta")) for clock, m in rows]
     assert max(ends) - min(ends) <= 1.5
-    # ...and reaches zero as the training loop ends, before export starts.
-    export_start = next(clock for clock, item in lines if item.text.startswith("Converting"))
-    assert abs(export_start - ends[-1]) <= 1.5
+    # ...and reaches zero with the last step, as a progress bar's does.
+    assert rows[-1][1].group("eta") == "00:00"
+    assert float(rows[-1][1].group("pct")) == 100.0
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -328,20 +367,52 @@ def test_cluster_model_and_data_lines_use_real_facts(seed):
         texts(lines)))
 
 
+SAVED = re.compile(r"Checkpoint saved in ([\d.]+)s \((?:async: )?([\d.]+ (?:GB|MB)) (?:at "
+                   r"([\d.]+) GB/s from (\d+) nodes?|staged to host memory on (\d+) nodes?)")
+EXPORTED = re.compile(r"Exported to \S+/ \(([\d.]+) (GB|MB) in ([\d.]+)s, ([\d.]+) (GB|MB)/s\)$")
+
+
+def gigabytes(text):
+    value, unit = text.split()
+    return float(value) / (1 if unit == "GB" else 1000.0)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_checkpoints_and_export_follow_bytes_per_parameter(seed):
+    """Checkpoint sizes follow bytes per parameter; save times follow the bytes over an
+    honest write rate (2-5 GB/s a node to a parallel file system, 1.2-2.2 GB/s for one
+    process writing the final model), or go async, staged to host memory, when large."""
     sc, state, lines = run_of(seed)
     all_text = "\n".join(texts(lines))
-    model_gb = float(re.search(r"Model state: ([\d.]+) GB|Model state: ([\d.]+) MB",
-                               all_text).group(1) or 0)
-    if sc.method in ("full", "pretrain"):
-        assert model_gb == pytest.approx(2 * sc.model.params / 1e9, abs=0.006)
+    model_gb = gigabytes(re.search(r"Model state: ([\d.]+ (?:GB|MB))", all_text).group(1))
+    per_param = 4 if sc.method in ("lora", "qlora") else 2
+    assert model_gb == pytest.approx(per_param * lt.trainable_params(sc) / 1e9, abs=0.006)
     shard_marks = re.findall(r"Writing shards (\d+)/(\d+)", all_text)
     assert shard_marks and all(done == total for done, total in shard_marks[3::4])
-    for seconds in CKPT_SAVED.findall(all_text):
-        assert float(seconds) <= 5.0
+    saves = [SAVED.search(t) for t in texts(lines) if SAVED.search(t)]
+    assert len(saves) == sum(1 for seg in sc.segments if seg.saves)
+    assert len(set(bool(m.group(5)) for m in saves)) == 1  # one kind of save for the job
+    for match in saves:
+        seconds, total = float(match.group(1)), gigabytes(match.group(2))
+        if match.group(5) is None:
+            per_node = total / (seconds - 0.15) / int(match.group(4))
+            assert 1.9 <= per_node <= 5.1 or total < 0.5
+        else:
+            assert seconds < 8.0  # staging runs at PCIe speed
+    for match in saves:
+        if gigabytes(match.group(2)) < 1.0:
+            assert float(match.group(1)) < 0.7  # small adapters save in well under a second
+    exported = [EXPORTED.search(t) for t in texts(lines) if EXPORTED.search(t)]
+    if sc.kind == "pretrain":
+        assert not exported  # a resumed pretraining job ends on its checkpoint
+        return
+    size, unit, seconds, rate, rate_unit = exported[0].groups()
+    shown_rate = float(rate) / (1 if rate_unit == "GB" else 1000.0)
+    # One process at 1.2-2.2 GB/s, and a tenth of a second for the small files around it.
+    assert shown_rate <= 2.3
+    if gigabytes(size + " " + unit) >= 1.0:
+        assert shown_rate >= 1.0
     names = re.findall(r"Writing (\S+\.safetensors) \[(\d+)/(\d+)\]", all_text)
-    assert names
     count = int(names[-1][2])
     if sc.method in ("full", "pretrain"):
         assert count == math.ceil(2 * sc.model.params / 5e9)
@@ -351,37 +422,21 @@ def test_checkpoints_and_export_follow_bytes_per_parameter(seed):
         assert names[-1][0] == "adapter_model.safetensors"
 
 
-EXPORTED = re.compile(r"Exported to \S+/ \(([\d.]+) (GB|MB) in ([\d.]+)s by (?:rank 0|(\d+) ranks "
-                      r"on (\d+) nodes? in parallel), ([\d.]+) (GB|MB)/s each\)$")
-
-
-def check_export_speed(sc, lines):
-    """The export names its parallel writers, and none of them writes faster than a disk."""
-    match = find(lines, EXPORTED)
-    size, unit, seconds, writers, nodes, each, each_unit = match.groups()
-    each = float(each) / (1 if each_unit == "GB" else 1000.0)
-    total_gb = float(size) / (1 if unit == "GB" else 1000.0)
-    writers = int(writers or 1)
-    files = len(lt.export_files(sc))
-    assert writers <= min(files, sc.gpus)
-    if nodes:
-        assert int(nodes) == math.ceil(writers / float(sc.per_node)) <= sc.nodes
-    assert each <= 2.5
-    assert each * writers * float(seconds) == pytest.approx(total_gb, rel=0.03, abs=0.01)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_export_is_written_in_parallel_at_a_plausible_speed(seed):
-    sc, state, lines = run_of(seed)
-    check_export_speed(sc, lines)
-
-
 @pytest.mark.parametrize("model", ["Llama-3.1-405B", "Llama-3.1-70B", "Mixtral-8x7B",
                                    "gpt-2-xl", "acme-13B"])
-def test_export_speed_stays_plausible_for_big_and_small_models(model):
+def test_exports_are_written_from_rank_0_or_left_to_the_checkpoint(model):
     for seed in range(6):
         sc, state, lines = record(seed, model_name=model)
-        check_export_speed(sc, lines)
+        exported = [EXPORTED.search(t) for t in texts(lines) if EXPORTED.search(t)]
+        seconds = lt.export_seconds(sc, sc.rank0_write_gbs)
+        assert bool(exported) == bool(seconds)
+        if exported:
+            assert float(exported[0].group(3)) <= lt.MAX_EXPORT_SECONDS
+
+
+def rare(sc):
+    """Events beside the plan (fp16's overflows at the very start are routine)."""
+    return [e for e in sc.events if not (e.kind == "overflow" and e.step <= 3)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -392,14 +447,69 @@ def test_rare_events_are_rare_and_the_run_goes_on(seed):
     assert len(alarming) < 0.05 * len(kinds)
     last_event = max([i for i, k in enumerate(kinds) if k in ("warn", "error")] or [0])
     assert "progress" in kinds[last_event:] or last_event == 0
+    # None in the last 15% of the run: a spike has ~20 steps to settle before the end.
+    for event in rare(sc):
+        assert event.step <= sc.last_step - max(20, 0.15 * sc.session_steps)
 
 
-def test_events_of_every_kind_occur_across_seeds():
+def test_events_are_rare_and_of_the_kinds_software_knows():
+    """At most one run in four has an event, one in twenty two; a spike, a slow step, and
+    with fp16 a NaN or overflowing batch; no out-of-memory retries, no network stalls
+    narrated by a library that never prints them."""
+    counts = []
     seen = set()
+    for seed in range(400):
+        sc = lt.build_scenario(seed)
+        counts.append(len(rare(sc)))
+        seen.update(event.kind for event in sc.events)
+        if sc.precision == "bf16":
+            assert not any(e.kind in ("nan", "overflow") for e in sc.events)
+    assert sum(1 for n in counts if n >= 1) <= 0.25 * len(counts)
+    assert sum(1 for n in counts if n >= 2) <= 0.05 * len(counts)
+    assert seen <= {"spike", "slow", "nan", "overflow"}
+    assert {"spike", "slow", "overflow"} <= seen
+    seen.clear()
+    for seed in range(300):
+        seen.update(event.kind for event in lt.build_scenario(seed, gpu_key="a100").events)
+    assert "nan" in seen
+
+
+def test_a_spike_settles_within_twenty_steps_and_validation_sees_it():
+    checked = 0
+    for seed in range(300):
+        sc = lt.build_scenario(seed)
+        spikes = [e for e in sc.events if e.kind == "spike"]
+        if not spikes:
+            continue
+        spike = spikes[0]
+        assert lt.spike_boost(sc, spike.step + 20) < 0.05 * spike.size
+        assert lt.spike_boost(sc, spike.step + 1) > 0.8 * spike.size
+        # A validation just after the spike sees it; one long after does not.
+        rng = __import__("random").Random(0)
+        near = lt.val_loss_at(sc, spike.step + 1, rng) - lt.expected_loss(sc, spike.step + 1)
+        assert near > 0.5 * spike.size
+        checked += 1
+    assert checked >= 10
+
+
+def test_a_slow_step_shows_as_a_slow_step_and_nothing_else():
+    checked = 0
     for seed in range(200):
         sc = lt.build_scenario(seed)
-        seen.update(event.kind for event in sc.events)
-    assert {"spike", "nan", "oom", "nccl", "overflow"} <= seen
+        slow = [e for e in sc.events if e.kind == "slow"]
+        if not slow or sc.micro_updates > 1:
+            continue
+        sc, state, lines = record(seed)
+        assert not any("retransmit" in t or "No ACK" in t or "stall" in t for t in texts(lines))
+        step = slow[0].step
+        rows = progress(lines)
+        steps = [(int(m.group("epoch")) - 1) * sc.steps_per_epoch + int(m.group("step"))
+                 for _, m in rows]
+        index = next(i for i, s in enumerate(steps) if s >= step)
+        tps = number(rows[index][1].group("tps"))
+        assert tps < 0.9 * sc.cluster_tokens_per_s
+        checked += 1
+    assert checked >= 3
 
 
 @pytest.mark.parametrize("options", [
@@ -519,27 +629,6 @@ def test_pacer_resumes_after_a_stop_instead_of_replaying_it():
     assert now[0] - resumed_at == pytest.approx(2.0, abs=1e-9)
 
 
-OOM = re.compile(r"Tried to allocate ([\d.]+) GiB\. GPU (\d) has a total capacity of ([\d.]+) GiB "
-                 r"of which ([\d.]+) GiB is free")
-
-
-def test_an_oom_only_happens_where_memory_is_tight_and_its_numbers_add_up():
-    checked = 0
-    for seed in range(600):
-        sc = lt.build_scenario(seed)
-        if not any(event.kind == "oom" for event in sc.events):
-            continue
-        assert sc.memory_gib > 0.8 * sc.gpu.capacity_gib
-        sc, state, lines = record(seed)
-        match = find(lines, OOM)
-        tried, gpu, capacity, free = (float(g) for g in match.groups())
-        assert capacity == pytest.approx(sc.gpu.capacity_gib, abs=0.01)
-        assert tried > free and 0 < free < capacity - sc.memory_gib + 0.01
-        assert int(gpu) < sc.per_node
-        checked += 1
-    assert checked >= 3
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_collectives_fit_inside_the_step_time(seed):
     """Sharded and data-parallel training move weights and gradients every step; the step
@@ -571,15 +660,21 @@ def test_collectives_fit_inside_the_step_time(seed):
     assert moved / link <= step_seconds
 
 
-def test_pretraining_saves_on_whole_intervals():
+def test_a_resumed_pretraining_run_is_the_final_stretch_after_a_save():
+    """A resumed job restarts from its last save, runs the LR's final decay to the job's end
+    and holds no intermediate evaluation: evaluations come every 500 steps or more."""
     checked = 0
-    for seed in range(120):
+    for seed in range(200):
         sc = lt.build_scenario(seed)
-        if sc.method != "pretrain" or sc.first_step == 1:
+        if not sc.resumed:
             continue
-        assert (sc.first_step - 1) % sc.eval_every == 0  # resumed right after a save
-        assert all(seg.last_step % sc.eval_every == 0 for seg in sc.segments)
-        assert sc.segments[-1].last_step == sc.total_steps
+        assert sc.kind == "pretrain" and sc.schedule == "wsd"
+        assert (sc.first_step - 1) % sc.save_interval == 0
+        assert sc.save_interval % sc.eval_interval == 0 and sc.eval_interval >= 500
+        assert not any(step % sc.eval_interval == 0
+                       for step in range(sc.first_step, sc.last_step))
+        assert sc.segments[-1].last_step == sc.total_steps == sc.last_step
+        assert sc.total_steps - sc.decay_steps == sc.first_step - 1
         checked += 1
     assert checked >= 10
 
@@ -590,7 +685,7 @@ def test_pretraining_saves_on_whole_intervals():
 def test_open_choices_are_drawn_into_a_two_to_four_minute_run(options):
     for seed in range(25):
         sc = lt.build_scenario(seed, **options)
-        assert 120 <= lt.run_seconds(sc, sc.events) <= 240
+        assert 120 <= lt.run_seconds(sc) <= 240
         assert min(sum(u[2] for u in seg.updates) for seg in sc.segments) >= 27
 
 
@@ -601,7 +696,7 @@ def test_no_run_is_longer_than_five_minutes_whatever_is_asked():
         except lt.ScenarioError as error:
             assert "too long to show" in str(error) or "fit" in str(error)
             continue
-        assert lt.run_seconds(sc, sc.events) <= 300
+        assert lt.run_seconds(sc) <= 300
 
 
 def test_data_parallel_strategies_issue_their_own_collectives():
@@ -622,4 +717,4 @@ def test_a_small_model_on_a_big_cluster_runs_a_pretraining_speedrun_not_a_blink(
     for seed in range(10):
         sc = lt.build_scenario(seed, model_name="acme-125M", gpus=64, gpu_key="h100")
         assert sc.method == "pretrain" and sc.first_step == 1
-        assert 120 <= lt.run_seconds(sc, sc.events) <= 240
+        assert 120 <= lt.run_seconds(sc) <= 240

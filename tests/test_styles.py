@@ -22,16 +22,17 @@ GPU_KEYS = [None, "a100", "a100-40g", "h100", "h200", "b200", "mi300x"]
 
 
 def told(lt, seed, style, gpu=None, gpus=None):
-    """(scenario, final state, lines) of one whole run told in `style`: the run's clock moves
-    on by each delay, as the driver's would, without sleeping."""
-    sc = lt.build_scenario(seed, gpus=gpus, gpu_key=gpu)
+    """(scenario, final state, lines) of one whole run told in `style`, the job drawn for
+    that style: the run's clock moves on by each delay, as the driver's would, without
+    sleeping."""
+    sc = lt.build_scenario(seed, gpus=gpus, gpu_key=gpu, style=style)
     state, shown = played(lt, sc, style)
     return sc, state, [item for _, item in shown]
 
 
 def clocked(lt, seed, style, gpu=None):
     """(scenario, [(clock when shown, text)]) of one whole run told in `style`."""
-    sc = lt.build_scenario(seed, gpu_key=gpu)
+    sc = lt.build_scenario(seed, gpu_key=gpu, style=style)
     _, shown = played(lt, sc, style)
     return sc, [(clock, item.text) for clock, item in shown]
 
@@ -50,16 +51,9 @@ ADAPTERS = ("lora", "qlora")
 
 
 def runs(lt, style, seeds=SEEDS):
-    """Runs over many seeds and every GPU type (those the framework can train)."""
-    told_any = False
+    """Runs over many seeds and every GPU type, each drawn for the style."""
     for seed in seeds:
-        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
-        if style in WHOLE_MODEL_ONLY and lt.build_scenario(seed, gpu_key=gpu).method in \
-                ADAPTERS:
-            continue
-        told_any = True
-        yield told(lt, seed, style, gpu=gpu)
-    assert told_any
+        yield told(lt, seed, style, gpu=GPU_KEYS[seed % len(GPU_KEYS)])
 
 
 def texts(lines):
@@ -68,6 +62,19 @@ def texts(lines):
 
 def close(a, b, rel):
     return abs(a - b) <= rel * abs(b)
+
+
+def update_times(sc):
+    """{last step of an optimizer update: (its seconds, the steps it covers)}, the seconds
+    summed over its micro-steps: each update's own time (drift, jitter, a slow first step
+    or a straggler in it)."""
+    took, step, seconds = {}, sc.first_step - 1, 0.0
+    for seg in sc.segments:
+        for end, micro, taken in seg.updates:
+            seconds += taken
+            if micro in (0, sc.micro_updates):
+                took[end], step, seconds = (seconds, end - step), end, 0.0
+    return took
 
 
 # --- what every framework run shares: nvidia-smi, torchrun, NCCL ------------------------
@@ -211,25 +218,48 @@ def test_hf_training_block_has_the_real_step_arithmetic(lt):
         assert total_batch == sc.global_batch
 
 
+def hf_clocked(lt, seed):
+    """(scenario, final state, [(clock, text)]) of one whole run told by the HF Trainer."""
+    sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)], style="hf")
+    state, shown = played(lt, sc, "hf")
+    return sc, state, [(clock, item.text) for clock, item in shown]
+
+
 def test_hf_bar_and_dicts_round_as_hf_does_and_agree_with_the_scenario(lt):
-    for sc, state, lines in runs(lt, "hf"):
+    """The bar's rate is tqdm's: moving averages (smoothing 0.3) of the steps and of the
+    seconds between two moves of the bar, divided (tqdm.std.EMA, format_meter)."""
+    for seed in SEEDS:
+        sc, state, shown = hf_clocked(lt, seed)
         step = None
         dicts = 0
-        for text in texts(lines):
+        moved, done, steps_ema, seconds_ema = state.train_start, sc.first_step - 1, 0.0, 0.0
+        steady = 0
+        for clock, text in shown:
             bar = TQDM.match(text)
             if bar and int(bar.group(4)) == sc.total_steps:
                 n, total = int(bar.group(3)), int(bar.group(4))
                 assert bar.group(1) == ("%3.0f" % (100.0 * n / total)).strip()
-                assert len(bar.group(7)) == 5
+                assert len(bar.group(7)) >= 5  # tqdm pads the rate to 5 ("{0:5.2f}")
                 rate = float(bar.group(7))
                 per_s = rate if bar.group(8) == "it/s" else 1.0 / rate
                 if bar.group(8) == "s/it":
                     assert rate >= 1.0
-                if n == sc.segments[0].updates[0][0]:  # a (re)started job's slow first step
-                    assert per_s < 1.0 / sc.step_seconds
+                if n != done:  # a redraw (after evaluation) leaves the averages alone
+                    steps_ema = 0.3 * (n - done) + 0.7 * steps_ema
+                    seconds_ema = 0.3 * (clock - moved) + 0.7 * seconds_ema
+                    ordinary = clock - moved < 1.5 * sc.step_seconds * (n - done)
+                    steady = steady + 1 if ordinary else 0
+                    moved = clock
+                expected = steps_ema / seconds_ema
+                if bar.group(8) == "it/s":
+                    assert abs(rate - expected) <= 0.0051
                 else:
-                    assert close(per_s, 1.0 / sc.step_seconds, 0.03)
-                step = n
+                    assert abs(rate - 1.0 / expected) <= 0.0051
+                # After 30 ordinary moves (drift and jitter of a few percent) the rate
+                # is the plan's: a pause (evaluation, a slow step) has faded by then.
+                if steady >= 30:
+                    assert close(per_s, 1.0 / sc.step_seconds, 0.1)
+                done = step = n
             elif text.startswith("{'loss'"):
                 # A NaN batch in the window shows as nan, as HF prints it.
                 record = ast.literal_eval(re.sub(r"\b(nan|inf)\b", "None", text))
@@ -260,7 +290,7 @@ def test_hf_eval_and_end_of_training_metrics_add_up(lt):
             assert ratio <= sc.micro_batch * sc.dp * 1.01
         saves = [re.search(r">> Saving model checkpoint to (\S+)/checkpoint-(\d+)$", t)
                  for t in out]
-        assert [int(m.group(2)) for m in saves if m] == [s.last_step for s in sc.segments]
+        assert [int(m.group(2)) for m in saves if m] == [s.last_step for s in sc.segments if s.saves]
         assert "Training completed. Do not forget to share your model on " \
                "huggingface.co/models =)" in out
         final = [ast.literal_eval(t) for t in out if t.startswith("{'train_runtime'")]
@@ -274,8 +304,15 @@ def test_hf_eval_and_end_of_training_metrics_add_up(lt):
         assert abs(final["train_steps_per_second"] * final["train_runtime"]
                    - sc.session_steps) <= 0.0005 * final["train_runtime"] + \
             0.01 * sc.session_steps
-        assert close(final["train_loss"], sum(state.loss_history) / len(state.loss_history),
-                     1e-9)
+        # Trainer averages the raw losses of the session's steps; the history holds one
+        # per update, as shown (to 4 decimals), an update being log_every steps.
+        ends = [u[0] for seg in sc.segments for u in seg.updates if u[1] in (0, sc.micro_updates)]
+        nan_steps = [e.step for e in sc.events if e.kind == "nan"]
+        done = [b - a for a, b in zip([sc.first_step - 1] + ends, ends)
+                if not any(a < step <= b for step in nan_steps)]  # Trainer skips NaN losses
+        assert len(done) == len(state.loss_history)
+        mean = math.fsum(d * loss for d, loss in zip(done, state.loss_history)) / sum(done)
+        assert abs(final["train_loss"] - mean) <= 5.1e-5
 
 
 # --- PyTorch Lightning ------------------------------------------------------------------
@@ -338,9 +375,10 @@ def test_lightning_start_summary_bar_and_checkpoint_lines(lt):
                 number = float(value)
                 assert value == "{:.3g}".format(number) or value == str(number)
         checkpoints = [LIGHTNING_CKPT.match(t) for t in out if LIGHTNING_CKPT.match(t)]
-        assert [int(m.group(2)) for m in checkpoints] == [s.last_step for s in sc.segments]
+        saved = [s.last_step for s in sc.segments if s.saves]
+        assert [int(m.group(2)) for m in checkpoints] == saved
         # save_top_k=-1 keeps every checkpoint: the rank counts up, best is the running min.
-        assert [int(m.group(6)) for m in checkpoints] == list(range(1, len(sc.segments) + 1))
+        assert [int(m.group(6)) for m in checkpoints] == list(range(1, len(saved) + 1))
         values = [float(m.group(3)) for m in checkpoints]
         assert [float(m.group(4)) for m in checkpoints] == [
             min(values[:i + 1]) for i in range(len(values))]
@@ -398,6 +436,7 @@ def test_deepspeed_prefix_config_steps_and_checkpoints(lt):
                     sc.micro_batch * sc.grad_accum * sc.dp
         assert names == sorted(names)
         assert "  train_micro_batch_size_per_gpu  %d" % sc.micro_batch in dump
+        took = update_times(sc)
         steps = [DS_STEP.match(m.group(5)) for m in logged if m.group(2) == "logging.py"]
         steps = [s for s in steps if s]
         timers = [DS_TIMER.match(m.group(5)) for m in logged
@@ -408,30 +447,27 @@ def test_deepspeed_prefix_config_steps_and_checkpoints(lt):
             assert step.group(3) == "%r, %r" % (lt.lr_at(sc, number), lt.lr_at(sc, number))
             assert int(timer.group(3)) == number
             assert int(timer.group(2)) == number * sc.grad_accum
-            steady = sc.global_batch / sc.step_seconds
-            if number == sc.segments[0].updates[0][0]:  # a (re)started job's slow first step
-                assert float(timer.group(5)) < steady
-            else:
-                assert close(float(timer.group(5)), steady, 0.01)
+            taken, done = took[number]
+            assert close(float(timer.group(5)), sc.global_batch * done / taken, 1e-6)
             assert float(timer.group(6)) <= float(timer.group(7)) < sc.gpu.capacity_gib
         tags = [re.search(r"Checkpoint (global_step\d+) is ready now!$", m.group(5))
                 for m in logged]
         assert [t.group(1) for t in tags if t] == ["global_step%d" % s.last_step
-                                                   for s in sc.segments]
+                                                   for s in sc.segments if s.saves]
 
 
 def test_deepspeed_fp16_overflows_count_as_skipped_steps(lt):
     seen = 0
     for seed in range(1, 120):
-        sc = lt.build_scenario(seed, gpu_key="a100")
+        sc, _, lines = told(lt, seed, "deepspeed", gpu="a100")
         if sc.precision != "fp16" or sc.first_step != 1:
             continue
-        _, _, lines = told(lt, seed, "deepspeed", gpu="a100")
         out = texts(lines)
         overflow = [t for t in out if "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
                                       "loss scale: " in t]
-        # Every overflow is reported, also one inside a group of steps logged together.
-        assert len(overflow) == len([e for e in sc.events if e.kind == "overflow"])
+        # Every overflow is reported, also one inside a group of steps logged together; a
+        # NaN loss makes NaN gradients, which the loss scaler takes for an overflow too.
+        assert len(overflow) == len([e for e in sc.events if e.kind in ("overflow", "nan")])
         expected = [r"Attempted loss scale: 65536, but hysteresis is 2\. Reducing hysteresis "
                     r"to 1$", r"Attempted loss scale: 65536, reducing to 32768$",
                     r"Attempted loss scale: 32768, reducing to 16384$"]
@@ -442,7 +478,7 @@ def test_deepspeed_fp16_overflows_count_as_skipped_steps(lt):
         skipped = [e for e in sc.events if e.kind in ("overflow", "nan")]
         assert int(last.group(2)) == len(skipped)
         seen += 1
-    assert seen
+    assert seen >= 3
 
 
 # --- Megatron-LM ------------------------------------------------------------------------
@@ -451,8 +487,8 @@ MEGATRON = re.compile(r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration (.{8})/(.
                       r"consumed samples: (.{12}) \| elapsed time per iteration \(ms\): "
                       r"(\d+\.\d) \| throughput per GPU \(TFLOP/s/GPU\): (\d+\.\d) \| "
                       r"learning rate: (\d\.\d{6}E[+-]\d\d) \| global batch size: (.{5}) \| "
-                      r"lm loss: (\d\.\d{6}E[+-]\d\d) \| loss scale: (\d+\.\d) \| "
-                      r"grad norm: (\d+\.\d{3}) \| number of skipped iterations: (.{3}) \| "
+                      r"(?:lm loss: (\d\.\d{6}E[+-]\d\d) \| )?loss scale: (\d+\.\d) \| "
+                      r"(?:grad norm: (\d+\.\d{3}) \| )?number of skipped iterations: (.{3}) \| "
                       r"number of nan iterations: (.{3}) \|$")
 MEGATRON_VAL = re.compile(r"^ validation loss at iteration (\d+) on validation set \| "
                           r"lm loss value: (\d\.\d{6}E[+-]\d\d) \| lm loss PPL: "
@@ -464,18 +500,25 @@ def test_megatron_iteration_lines_agree_with_the_scenario(lt):
         out = texts(lines)
         iterations = [MEGATRON.match(t) for t in out if MEGATRON.match(t)]
         assert iterations
+        took = update_times(sc)
         for m in iterations:
             iteration = int(m.group(1))
             assert int(m.group(2)) == sc.total_steps
             assert int(m.group(3)) == iteration * sc.global_batch
             assert int(m.group(7)) == sc.global_batch
+            # Each interval's own time (drift, jitter, a slow first step, a straggler), and
+            # the throughput that time implies.
+            taken, done = took[iteration]
+            assert float(m.group(4)) == pytest.approx(1000.0 * taken / done, abs=0.051)
+            assert float(m.group(5)) == pytest.approx(
+                sc.tflops_per_gpu * sc.step_seconds * done / taken, rel=1e-3, abs=0.051)
             if iteration == sc.segments[0].updates[0][0]:
                 # The first iteration after a (re)start is slow: compile, NCCL set-up, warm-up.
-                assert float(m.group(4)) > sc.step_seconds * 1000
                 assert float(m.group(5)) < sc.tflops_per_gpu
-            else:
-                assert close(float(m.group(5)), sc.tflops_per_gpu, 0.015)
-                assert close(float(m.group(4)), sc.step_seconds * 1000, 0.015)
+            skipped = set(e.step for e in sc.events if e.kind in ("nan", "overflow")
+                          and iteration - done < e.step <= iteration)
+            assert (m.group(8) is None) == (len(skipped) == done)
+            assert (m.group(10) is None) == (iteration in skipped)
             assert m.group(6) == "%.6E" % lt.lr_at(sc, iteration)
             if sc.precision == "bf16":
                 assert m.group(9) == "1.0"
@@ -500,9 +543,11 @@ def test_megatron_iteration_lines_agree_with_the_scenario(lt):
         assert validations == len(sc.segments)
         saved = [re.match(r"^  successfully saved checkpoint from iteration (.{7}) to \S+$", t)
                  for t in out]
-        assert [int(m.group(1)) for m in saved if m] == [s.last_step for s in sc.segments]
+        assert [int(m.group(1)) for m in saved if m] == [s.last_step for s in sc.segments
+                                                         if s.saves]
         assert sum(1 for t in out if re.match(r"^saving checkpoint at iteration (.{7}) to \S+ "
-                                              r"in torch_dist format$", t)) == len(sc.segments)
+                                              r"in torch_dist format$", t)) == \
+            sum(1 for s in sc.segments if s.saves)
 
 
 # --- torchtitan -------------------------------------------------------------------------
@@ -522,6 +567,7 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
             in logged
         steps = [TITAN_STEP.match(t) for t in logged if TITAN_STEP.match(t)]
         assert steps
+        took = update_times(sc)
         for m in steps:
             if m.group(2).strip() == "nan":  # a NaN batch: loss and grad_norm are nan
                 assert m.group(3).strip() == "nan"
@@ -530,10 +576,10 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
             # An fp16 overflow step: the loss is known, the gradient norm is inf.
             assert re.match(r"^ *(\d+\.\d{4}|inf)$", m.group(3))
             tps = int(m.group(6).replace(",", ""))
+            taken, done = took[int(m.group(1))]
+            assert abs(tps - sc.tokens_per_step * done / taken / sc.gpus) <= 0.5 + 1e-6
             if int(m.group(1)) == sc.segments[0].updates[0][0]:  # warm-up: step 1 is slow
                 assert tps < sc.cluster_tokens_per_s / float(sc.gpus)
-            else:
-                assert close(tps, sc.cluster_tokens_per_s / float(sc.gpus), 0.01)
             mfu = 100.0 * sc.flops_per_token * tps / sc.gpu.peak_flops
             assert abs(float(m.group(8)) - mfu) <= 0.006
             assert abs(float(m.group(7).replace(",", "")) - sc.flops_per_token * tps / 1e12) \
@@ -542,7 +588,7 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
             assert gib < sc.gpu.capacity_gib
             assert abs(float(m.group(5)) - 100.0 * gib / sc.gpu.capacity_gib) <= 0.02
         finished = [t for t in logged if t.startswith("Finished saving the checkpoint")]
-        assert len(finished) == len(sc.segments)
+        assert len(finished) == sum(1 for seg in sc.segments if seg.saves)
         assert all(re.match(r"^Finished saving the checkpoint \(or staging if async is "
                             r"enabled\)in \d+\.\d\d seconds\.$", t) for t in finished)
         assert "Saving a full checkpoint at last step, step %d." % sc.last_step in logged
@@ -550,81 +596,81 @@ def test_torchtitan_steps_mfu_and_checkpoints(lt):
 
 # --- one run, many voices -----------------------------------------------------------------
 
-def test_every_style_tells_the_same_run(lt):
+def test_every_style_that_trains_a_run_tells_it_the_same(lt):
+    """One scenario, told by each voice whose framework trains it: the same losses,
+    evaluations, tokens, checkpoints and clock."""
     for seed in SEEDS[:20]:
         gpu = GPU_KEYS[seed % len(GPU_KEYS)]
-        base = None
         sc = lt.build_scenario(seed, gpu_key=gpu)
-        styles = ["classic"] + FRAMEWORKS
+        styles = [s for s in ["classic"] + FRAMEWORKS if lt.trains(lt.FRAMEWORKS[s], sc)]
+        assert len(styles) >= 2
+        told_as = set()
         for style in styles:
-            sc = lt.build_scenario(seed, gpu_key=gpu)
-            state, _ = played(lt, sc, style, lt.ASCII_GLYPHS)
-            told_as = (state.loss_history, state.val_history, state.tokens_trained,
-                       state.checkpoints, state.step, round(state.clock, 6))
-            if base is None:
-                base = told_as
-            assert told_as == base, (seed, style)
+            state, _ = played(lt, lt.build_scenario(seed, gpu_key=gpu), style, lt.ASCII_GLYPHS)
+            told_as.add((tuple(state.loss_history), tuple(state.val_history),
+                         state.tokens_trained, state.checkpoints, state.step,
+                         round(state.clock, 6)))
+        assert len(told_as) == 1, seed
 
 
 def test_printed_losses_are_the_runs_losses_in_every_style(lt):
+    """The run's history holds one loss per update as classic prints it (4 decimals), NaN
+    updates left out; Megatron prints no loss for an interval whose iterations were all
+    skipped, torchtitan prints every step's."""
+    checked = 0
     for seed in SEEDS[:24]:
-        if lt.build_scenario(seed).method in ADAPTERS:
+        sc = lt.build_scenario(seed)
+        if not all(lt.trains(lt.FRAMEWORKS[s], sc) for s in WHOLE_MODEL_ONLY):
             continue
-        sc, state, lines = told(lt, seed, "megatron")
-        skipped = set(e.step for e in sc.events if e.kind in ("nan", "overflow"))
-        megatron = [float(m.group(8)) for m in map(MEGATRON.match, texts(lines))
-                    if m and int(m.group(1)) not in skipped]
-        _, _, lines = told(lt, seed, "torchtitan")
-        titan = [float(m.group(2)) for m in (TITAN_STEP.match(TITAN.match(t).group(2))
-                                             for t in texts(lines) if TITAN.match(t))
-                 if m and int(m.group(1)) not in skipped]
-        # The run's history holds the loss as classic prints it, to 4 decimals.
-        for printed in (megatron, titan):
-            assert len(printed) == len(state.loss_history)
-            assert all(abs(p - h) <= 0.5e-4 + 1e-9 for p, h in zip(printed,
-                                                                 state.loss_history))
+        checked += 1
+        state, shown = played(lt, sc, "megatron")
+        took = update_times(sc)
+        events = dict((e.step, e.kind) for e in sc.events)
+        kinds = [[events.get(step) for step in range(end - took[end][1] + 1, end + 1)]
+                 for end in sorted(took)]
+        kept = [k for k in kinds if "nan" not in k]
+        assert len(kept) == len(state.loss_history)
+        shown_by_megatron = [h for h, k in zip(state.loss_history, kept)
+                             if not all(kind in ("nan", "overflow") for kind in k)]
+        megatron = [float(m.group(8)) for m in (MEGATRON.match(item.text) for _, item in shown)
+                    if m and m.group(8)]
+        _, shown = played(lt, lt.build_scenario(seed), "torchtitan")
+        titan = [float(m.group(2)) for m in (TITAN_STEP.match(TITAN.match(item.text).group(2))
+                                             for _, item in shown if TITAN.match(item.text))
+                 if m and m.group(2).strip() != "nan"]
+        for printed, history in ((megatron, shown_by_megatron), (titan, state.loss_history)):
+            assert len(printed) == len(history)
+            assert all(abs(p - h) <= 0.5e-4 + 1e-9 for p, h in zip(printed, history))
+    assert checked >= 5
 
 
-def test_random_never_picks_a_framework_that_cannot_train_the_runs_method(lt):
+def test_random_never_picks_a_framework_that_cannot_train_the_run(lt):
     picked = {}
     for seed in range(120):
         sc = lt.build_scenario(seed)
         voice = lt.make_voice("random", sc, lt.ASCII_GLYPHS)
-        assert voice.notice is None
+        assert lt.trains(lt.FRAMEWORKS[voice.name], sc)
         picked.setdefault(sc.method in ADAPTERS, set()).add(voice.name)
     assert picked[True] and not picked[True] & set(WHOLE_MODEL_ONLY)
     assert picked[False] & set(WHOLE_MODEL_ONLY)
 
 
-@pytest.mark.parametrize("style", WHOLE_MODEL_ONLY)
-def test_an_adapter_run_asked_of_megatron_or_torchtitan_says_so_once_and_stays_the_run(lt,
-                                                                                      style):
-    adapter_runs = 0
-    for seed in range(40):
-        gpu = GPU_KEYS[seed % len(GPU_KEYS)]
-        sc, state, lines = told(lt, seed, style, gpu=gpu)
-        out = texts(lines)
-        notices = [t for t in out if t.startswith("llmtrain: --style ")]
-        told_as = lt.make_voice(style, sc, lt.UNICODE_GLYPHS).name
-        if sc.method not in ADAPTERS:
-            assert notices == [] and told_as == style
-            continue
-        adapter_runs += 1
-        # One clear line first, then the run told where adapters live: transformers + PEFT.
-        assert len(notices) == 1 and out[0] == notices[0]
-        assert "--style %s:" % style in notices[0] and "LoRA" in notices[0]
-        assert "this %s run" % lt.method_title(sc) in notices[0]
-        assert told_as == "hf"
-        assert not any("use_distributed_optimizer" in t or t.startswith("[titan]")
-                       for t in out)
-        trainable = [t for t in out if "Number of trainable parameters = " in t]
-        assert trainable[0].endswith(
-            format(lt.lora_params(sc.model, lt.LORA_RANK[sc.method]), ","))
-        # Same seed, same run: the numbers are the classic run's.
-        _, classic, _ = told(lt, seed, "classic", gpu=gpu)
-        assert (state.loss_history, state.tokens_trained, state.checkpoints) == \
-            (classic.loss_history, classic.tokens_trained, classic.checkpoints)
-    assert adapter_runs >= 3
+@pytest.mark.parametrize("style", FRAMEWORKS)
+def test_a_style_asked_by_name_is_given_a_job_it_trains_and_speaks_it(lt, style):
+    """Megatron-LM and torchtitan have no adapters, DeepSpeed's engine no FSDP, the HF
+    Trainer and Lightning no pipeline stages: the job drawn for a style is one its
+    framework runs, and the whole log is in its voice."""
+    methods = set()
+    for seed in range(60):
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)], style=style)
+        assert lt.trains(lt.FRAMEWORKS[style], sc), seed
+        assert lt.make_voice(style, sc, lt.ASCII_GLYPHS).name == style
+        methods.add(sc.method)
+    if style in WHOLE_MODEL_ONLY:
+        assert not methods & set(ADAPTERS)
+    else:
+        assert methods & set(ADAPTERS)
+    assert {"full", "pretrain"} <= methods
 
 
 def test_random_style_is_a_framework_style_fixed_by_the_seed(lt):
@@ -715,58 +761,42 @@ def test_hf_num_examples_keeps_the_worked_examples_arithmetic(lt):
 
 # --- rare events, told consistently in every voice ----------------------------------------
 
-NCCL_WARN = re.compile(r"^([\w.-]+):(\d+):(\d+) \[(\d+)\] ([\w/]+\.cc):(\d+) NCCL WARN (.*)$")
-STALL = re.compile(r"AllReduce completed after a (\d+\.\d\d) s stall \((.*)\); training "
-                   r"continues$")
-
-
-def nccl_seeds(lt, count):
-    """Seeds whose run has an NCCL stall inside the steps it shows."""
-    found = []
+def slow_step_runs(lt, style, count=8):
+    """Runs drawn for `style` with a slow step (a straggling rank) among the steps shown."""
+    found = 0
     for seed in range(400):
-        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)])
-        if any(e.kind == "nccl" for e in sc.events):
-            found.append(seed)
-        if len(found) == count:
-            break
-    return found
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)], style=style)
+        if any(e.kind == "slow" for e in sc.events):
+            found += 1
+            yield sc
+        if found == count:
+            return
+    assert found
 
 
 @pytest.mark.parametrize("style", ["classic"] + FRAMEWORKS)
-def test_an_nccl_stall_says_how_long_it_stalled_and_recovers(lt, style):
-    fabrics = set()
-    for seed in nccl_seeds(lt, 14):
-        sc, shown = clocked(lt, seed, style, GPU_KEYS[seed % len(GPU_KEYS)])
-        event = next(e for e in sc.events if e.kind == "nccl")
-        out = [text for _, text in shown]
-        for text in out:
-            # Nothing claims a timeout that could not have elapsed, or a fatal error.
-            assert not re.search(r"timed out|timeout after|error 12|Watchdog caught|attempt "
-                                 r"\d/\d|30000 ms|\b600000 m", text), text
-        stalls = [(i, STALL.search(t)) for i, t in enumerate(out) if STALL.search(t)]
-        assert len(stalls) == 1, (seed, style)
-        at, stall = stalls[0]
-        assert float(stall.group(1)) == round(event.extra_s, 2)
-        # The line before the stall comes right before the pause; the pause is the stall.
-        assert shown[at][0] - shown[at - 1][0] == pytest.approx(event.extra_s)
-        ib = lt.ib_fabric(sc)
-        fabrics.add(ib)
-        before = out[at - 1]
-        if ib:
-            retransmits = int(re.match(r"(\d+) IB retransmissions? of 7 allowed",
-                                       stall.group(2)).group(1))
-            assert retransmits * 4.096e-6 * 2 ** 18 <= event.extra_s
-            assert "NCCL_IB_TIMEOUT=18, 1.07 s; NCCL_IB_RETRY_CNT=7" in before
-            if style != "classic":
-                warn = NCCL_WARN.match(before)
-                assert warn, before
-                host, pid, tid, device = warn.group(1), warn.group(2), warn.group(3), \
-                    int(warn.group(4))
-                assert host in sc.hosts and device < sc.per_node and pid != tid
-                assert "mlx5_%d:1" % device in warn.group(7)
-        else:
-            assert "straggler" in stall.group(2) and "NET/IB" not in before
-    assert fabrics == {True, False}
+def test_a_slow_step_shows_only_as_a_slow_step(lt, style):
+    """A rank that straggles for a few seconds holds up the collective and so the step:
+    nothing times out, nothing is printed about it; the step's own figures show it."""
+    for sc in slow_step_runs(lt, style):
+        event = next(e for e in sc.events if e.kind == "slow")
+        _, shown = played(lt, sc, style)
+        for _, item in shown:
+            assert not re.search(r"(?i)timed? ?out|watchdog|straggl|stall|NCCL WARN|error",
+                                 item.text), item.text
+        update = next(u for seg in sc.segments for u in seg.updates
+                      if u[0] >= event.step and u[1] in (0, sc.micro_updates))
+        assert update[2] > event.extra_s >= 1.0
+        taken, done = update_times(sc)[update[0]]
+        if style == "classic":
+            # Its progress line reports the tokens of the update over its whole time.
+            step_text = "Step %d/" % ((update[0] - 1) % sc.steps_per_epoch + 1)
+            rate = next(float(re.search(r"\| ([\d,]+) tok/s", item.text).group(1)
+                              .replace(",", "")) for _, item in shown
+                        if item.kind == "progress" and step_text in item.text
+                        and "Epoch %d/" % sc.epoch_of(update[0]) in item.text)
+            assert rate == pytest.approx(sc.tokens_per_step * done / taken, abs=1.0)
+            assert rate < sc.cluster_tokens_per_s * (taken - event.extra_s) / taken * 1.1
 
 
 def fp16_resumed_seeds(lt):
@@ -818,6 +848,11 @@ def test_deepspeed_config_declares_the_schedule_the_run_follows(lt):
         start = next(i for i, t in enumerate(out) if t.endswith("json = {"))
         end = next(i for i in range(start, len(out)) if out[i] == "}")
         config = json.loads("{" + "\n".join(out[start + 1:end + 1]))
+        if sc.schedule == "wsd":
+            # DeepSpeed has no warmup-stable-decay scheduler: the script passes its own.
+            assert "scheduler" not in config
+            kinds.add("client")
+            continue
         scheduler = config["scheduler"]
         params = scheduler["params"]
         assert params["warmup_type"] == "linear"
@@ -830,4 +865,4 @@ def test_deepspeed_config_declares_the_schedule_the_run_follows(lt):
             assert scheduler["type"] == "WarmupDecayLR"
             assert params["warmup_max_lr"] == sc.peak_lr and params["warmup_min_lr"] == 0
         kinds.add(scheduler["type"])
-    assert kinds == {"WarmupCosineLR", "WarmupDecayLR"}
+    assert kinds >= {"WarmupCosineLR", "WarmupDecayLR"}

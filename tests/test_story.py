@@ -1,0 +1,189 @@
+"""The story a run tells, as an ML engineer reads it over a shoulder: what kind of job it is
+and how often, the allocation a session keeps, how each framework's log ends, and the small
+tells (host names, subset sizes, gradient buckets, one line per optimizer step).
+
+The kinds of jobs are what really runs end to end in minutes: fine-tunes on instruction
+sets, and small-model pretraining speedruns (Karpathy's llm.c GPT-2 124M recipe, 524,288
+tokens a step); the final stretch of a long pretraining job is rarer.
+"""
+
+import re
+
+import pytest
+
+import llmtrain as lt
+from conftest import played, run_cli
+
+STYLES = ["classic", "hf", "lightning", "deepspeed", "megatron", "torchtitan"]
+GPU_KEYS = [None, "a100", "a100-40g", "h100", "h200", "b200", "mi300x"]
+
+
+def test_the_default_mix_favours_jobs_that_run_end_to_end_in_minutes():
+    kinds = {"sft": 0, "speedrun": 0, "pretrain": 0}
+    models = {}
+    seeds = range(700)
+    for seed in seeds:
+        sc = lt.build_scenario(seed)
+        kinds[sc.kind] += 1
+        models[sc.model.name] = models.get(sc.model.name, 0) + 1
+        assert (sc.kind == "pretrain") == sc.resumed
+        assert lt.plausible(sc), seed
+    assert kinds["pretrain"] <= len(seeds) / 7.0
+    assert kinds["speedrun"] >= 0.15 * len(seeds)
+    assert kinds["sft"] >= 0.5 * len(seeds)
+    # GPT-2-XL (2019) is a speedrun model now and then, not a fixture of modern clusters.
+    assert models.get("GPT-2-XL", 0) <= 0.04 * len(seeds)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_and_gpu_gets_a_job_that_fits_the_show(style):
+    for seed in range(24):
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)], style=style)
+        assert lt.plausible(sc), (seed, style)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_session_keeps_its_allocation(style):
+    """A session is one allocation: GPUs, host names and network stay for every job."""
+    for seed in (3, 17, 40):
+        first = lt.build_scenario(seed, style=style)
+        request = lt.Request(None, None, None, "some", style, None)
+        session = list(lt.scenarios(first, request, 4))
+        assert len(session) >= 3
+        for sc in session[1:]:
+            assert (sc.gpu.key, sc.gpus, sc.hosts, sc.identity.subnet) == \
+                (first.gpu.key, first.gpus, first.hosts, first.identity.subnet)
+            assert sc.seed != first.seed
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_next_job_starts_at_a_shell_prompt_with_its_launch_command(style):
+    done = run_cli("--plain", "--instant", "--runs", "2", "--seed", "7", "--style", style)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    first = lt.build_scenario(7, style=style)
+    second = next(sc for sc in lt.scenarios(
+        first, lt.Request(None, None, None, "some", style, None), 2) if sc is not first)
+    prompts = [i for i, text in enumerate(out) if text.startswith(lt.shell_prompt(first))]
+    assert len(prompts) == 1
+    at = prompts[0]
+    assert out[at] == lt.shell_prompt(second) + lt.launch_command(style, second)
+    assert out[at - 1] == ""  # the first job's log ended; the prompt comes after it
+    # The job's own arguments: its model and what it is told to train on.
+    command = out[at][len(lt.shell_prompt(second)):]
+    program = [word for word in command.split() if "=" not in word][0]
+    assert program in ("torchrun", "srun", "deepspeed", "accelerate", "./run_train.sh")
+    if style == "torchtitan":  # a TOML config: torchtitan's own for Llama 3, else the team's
+        config = re.search(r'CONFIG_FILE="([^"]+)"', command).group(1)
+        assert config in (lt.TORCHTITAN_CONFIGS.get(second.model.name),
+                          "./train_configs/%s.toml" % re.sub(
+                              r"[^a-z0-9]+", "_", second.model.name.lower()))
+    else:
+        assert lt.hf_repo(second.model) in command or second.model.name.lower() in command.lower()
+    # Nothing in the first run's log names a host the session does not have.
+    hosts = set(re.findall(r"\b(?:node|gpu|hgx|dgx|compute|mi300x-)\d{2,4}\b",
+                           "\n".join(out[:at])))
+    assert hosts and hosts <= set(first.hosts)
+
+
+def test_one_run_looks_as_it_always_did_no_prompt():
+    done = run_cli("--plain", "--instant", "--runs", "1", "--seed", "7")
+    assert done.returncode == 0, done.stderr
+    assert "$ torchrun" not in done.stdout and "llm-training$" not in done.stdout
+
+
+BOX = re.compile(r"[┌└│╭╰]|^\+-{10}")
+
+ENDINGS = {
+    "hf": re.compile(r"^  train_steps_per_second += +\d+\.\d+$"),
+    "lightning": re.compile(r"^`Trainer\.fit` stopped: `max_(epochs|steps)=\d+` reached\.$"),
+    "deepspeed": re.compile(r"^\[[\d :,-]+\] \[INFO\] \[launch\.py:351:main\] Process \d+ exits "
+                            r"successfully\.$"),
+    "megatron": re.compile(r"^\[after training is done\] datetime: [\d :-]+ $"),
+    "torchtitan": re.compile(r"^\[titan\] [\d :,-]+ - root - INFO - Training completed$"),
+}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_each_framework_ends_in_its_own_voice(style):
+    """No box and no export by N ranks in framework styles; each ends with its own last
+    line, and a pretraining job ends on its final checkpoint."""
+    for seed in range(0, 60, 4):
+        sc = lt.build_scenario(seed, gpu_key=GPU_KEYS[seed % len(GPU_KEYS)], style=style)
+        _, shown = played(lt, sc, style)
+        out = [item.text for _, item in shown]
+        last = [text for text in out if text.strip()][-1]
+        assert not any("ranks in parallel" in text for text in out)
+        if style == "classic":
+            assert any(BOX.search(text) for text in out[-16:])
+            continue
+        assert not any(BOX.search(text) for text in out[-16:]), style
+        assert ENDINGS[style].match(last), (seed, last)
+        if sc.kind == "pretrain" and style != "hf":  # Trainer.save_model writes safetensors
+            assert not any(".safetensors" in text for text in out)
+
+
+def test_amd_nodes_are_never_named_like_nvidia_systems():
+    for seed in range(80):
+        sc = lt.build_scenario(seed, gpu_key="mi300x")
+        assert not any(host.startswith(("dgx", "hgx")) for host in sc.hosts)
+
+
+def test_subsets_are_the_round_sizes_people_type():
+    subsets = 0
+    for seed in range(300):
+        sc = lt.build_scenario(seed)
+        if sc.kind == "sft" and sc.examples != sc.dataset.examples:
+            assert sc.examples in lt.ROUND_SUBSETS
+            subsets += 1
+    assert subsets >= 10
+
+
+def test_ddp_reports_one_bucket_count_and_sharded_runs_none():
+    """DDP's buckets are fixed by the model (25 MB bucket_cap_mb); FSDP and ZeRO-3
+    reduce-scatter, they have no DDP buckets."""
+    seen = 0
+    for seed in range(120):
+        sc = lt.build_scenario(seed)
+        _, shown = played(lt, sc, "classic")
+        counts = set(int(m.group(1)) for m in (re.search(r"\((\d+) buckets,", item.text)
+                                                for _, item in shown) if m)
+        if sc.strategy != "DDP":
+            assert not counts
+        elif counts:
+            assert counts == {lt.ddp_buckets(sc)}
+            seen += 1
+    assert seen >= 3
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_piped_log_has_one_metrics_line_per_optimizer_step(style):
+    """Where a step is longer than the update cadence, what moves between steps is the
+    bar in place on a terminal; a pipe gets no line per micro-batch."""
+    checked = 0
+    for seed in range(200):
+        sc = lt.build_scenario(seed, style=style)
+        if sc.micro_updates == 1:
+            continue
+        done = run_cli("--plain", "--instant", "--runs", "1", "--seed", seed, "--style", style)
+        assert done.returncode == 0, done.stderr
+        assert "micro-batch" not in done.stdout
+        if style == "classic":
+            steps = re.findall(r"\] Epoch (\d+)/\d+ .*  Step (\d+)/", done.stdout)
+            assert len(steps) == len(set(steps)) == sc.session_steps
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2
+
+
+def test_a_logging_block_comes_in_one_instant():
+    """Lines one logging call or one burst writes share their timestamp: the HF Trainer's
+    `***** Running training *****` block is written at once."""
+    for seed in range(10):
+        sc = lt.build_scenario(seed, style="hf")
+        _, shown = played(lt, sc, "hf")
+        texts = [item.text for _, item in shown]
+        start = next(i for i, t in enumerate(texts) if t.endswith("***** Running training *****"))
+        clocks = [clock for clock, _ in shown[start:start + 8]]
+        assert len(set(clocks)) == 1
