@@ -4808,7 +4808,8 @@ def close_renderer(renderer):
 
 
 def silence_stdout():
-    """After EPIPE, point stdout at /dev/null so the final flush cannot complain."""
+    """With the reader gone (EPIPE, EIO), point stdout at /dev/null so the interpreter's
+    final flush cannot fail."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -5014,6 +5015,7 @@ def main(argv=None):
         return EXIT_OK
     except OSError as error:
         if error.errno in (errno.EIO, errno.ENXIO):
+            silence_stdout()  # else the interpreter's own flush at exit fails with 120
             return EXIT_SIGNAL_BASE + signal.SIGHUP  # the terminal went away mid-write
         sys.stderr.write("llmtrain: error: cannot write the output: %s\n" % (
             error.strerror or error))
@@ -5021,10 +5023,8 @@ def main(argv=None):
         return EXIT_OUTPUT_ERROR
     try:
         stream.flush()
-    except BrokenPipeError:
-        silence_stdout()
     except OSError:
-        pass  # a terminal that is gone has nothing left to show
+        silence_stdout()  # a pipe or terminal that is gone has nothing left to show
     return status
 
 

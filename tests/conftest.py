@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from userenv import user_environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "llmtrain.py")
 
@@ -42,9 +44,7 @@ def played(lt, sc, style="classic", glyphs=None):
 
 def run_cli(*args, **kwargs):
     """Run the real file in a subprocess; stdout is a pipe, so the plain log is printed."""
-    env = dict(os.environ)
-    env.pop("NO_COLOR", None)
-    env.update(kwargs.pop("env", {}))
+    env = user_environment(kwargs.pop("env", {}))
     python = kwargs.pop("python", sys.executable)
     return subprocess.run([python, SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=env, timeout=kwargs.pop("timeout", 120),

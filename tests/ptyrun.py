@@ -12,6 +12,8 @@ import termios
 import threading
 import time
 
+from userenv import user_environment
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(os.path.dirname(HERE), "llmtrain.py")
 ENTER_ALT = b"\x1b[?1049h"
@@ -27,15 +29,9 @@ class PtyRun(object):
         self.master, self.slave = os.openpty()
         self.resize(rows, cols)
         self.modes = termios.tcgetattr(self.slave)
-        environ = dict(os.environ)
-        for name in ("NO_COLOR", "LC_ALL", "LANGUAGE", "COLUMNS", "LINES"):
-            environ.pop(name, None)
-        environ.update(TERM="xterm-256color", LANG="C.UTF-8")
-        for name, value in (env or {}).items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
+        environ = user_environment(dict(dict(
+            LC_ALL=None, LANGUAGE=None, COLUMNS=None, LINES=None, TERM="xterm-256color",
+            LANG="C.UTF-8"), **(env or {})))
 
         def child_setup():
             os.setsid()

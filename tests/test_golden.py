@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 
+from userenv import user_environment
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(os.path.dirname(HERE), "llmtrain.py")
 GOLDEN = os.path.join(HERE, "golden_runs.json")
@@ -38,12 +40,6 @@ TIMES = re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} \d\d \d\d:\
                    r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d(?:[.,]\d+)?|^W\d{4}", re.MULTILINE)
 
 
-def user_environment():
-    """The environment a user has: none of this machine's PYTHON* variables, a UTF-8 locale."""
-    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("PYTHON"))
-    env.pop("NO_COLOR", None)
-    env["LC_ALL"] = "C.UTF-8"
-    return env
 
 
 def run_hash(case, style, python=sys.executable):
@@ -52,7 +48,7 @@ def run_hash(case, style, python=sys.executable):
     argv = [python, SCRIPT, "--plain", "--instant", "--color", "never", "--runs", "1",
             "--style", style] + case.split()
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=user_environment(), timeout=60)
+                          env=user_environment({"LC_ALL": "C.UTF-8"}), timeout=60)
     assert done.returncode in (0, 2) and b"Traceback" not in done.stderr, (argv, done.stderr)
     text = "%s\n%s\nexit %d" % (TIMES.sub("T", done.stdout.decode("utf-8")),
                                  done.stderr.decode("utf-8"), done.returncode)
