@@ -7,12 +7,13 @@ sets, and small-model pretraining speedruns (Karpathy's llm.c GPT-2 124M recipe,
 tokens a step); the final stretch of a long pretraining job is rarer.
 """
 
+import os
 import re
 
 import pytest
 
 import llmtrain as lt
-from conftest import played, run_cli
+from conftest import SCRIPT, played, run_cli
 
 STYLES = ["classic", "hf", "lightning", "deepspeed", "megatron", "torchtitan"]
 GPU_KEYS = [None, "a100", "a100-40g", "h100", "h200", "b200", "mi300x"]
@@ -187,3 +188,20 @@ def test_a_logging_block_comes_in_one_instant():
         start = next(i for i, t in enumerate(texts) if t.endswith("***** Running training *****"))
         clocks = [clock for clock, _ in shown[start:start + 8]]
         assert len(set(clocks)) == 1
+
+
+def test_the_readme_sample_is_what_seed_6_prints():
+    """The README's abridged plain log is the program's own output (times aside), and its
+    launch command is the second job's."""
+    with open(os.path.join(os.path.dirname(SCRIPT), "README.md"), encoding="utf-8") as source:
+        readme = source.read()
+    section = readme[readme.index("## What it prints"):readme.index("## Framework styles")]
+    blocks = re.findall(r"```\n(.*?)```", section, re.S)
+    sample = [text for text in blocks[0].splitlines() if text != "..."]
+    done = run_cli("--plain", "--instant", "--runs", "2", "--seed", "6")
+    assert done.returncode == 0, done.stderr
+    untimed = [re.sub(r"^\[[\d :-]+\] ", "", text) for text in done.stdout.splitlines()]
+    at = 0
+    for text in sample:  # in order, each one a line the program printed
+        at = untimed.index(re.sub(r"^\[[\d :-]+\] ", "", text), at) + 1
+    assert blocks[1].strip() in done.stdout.splitlines()
