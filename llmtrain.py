@@ -851,7 +851,8 @@ def expected_loss(sc, step):
         return sc.loss_floor + (sc.loss_start - sc.loss_floor) / (
             1.0 + (tokens / sc.loss_tokens_half) ** 0.58)
     # A resumed pretraining job: a slow power-law decline in tokens seen (Chinchilla), and
-    # the drop a final learning-rate decay brings, deepening as the LR falls.
+    # the drop a final learning-rate decay brings, deepening as the LR falls (a WSD cooldown
+    # drops the loss sharply: Hagele et al. 2024, arXiv:2405.18392).
     tokens = float(step) * sc.tokens_per_step
     cooled = 0.0
     if sc.schedule == "wsd":
@@ -1580,7 +1581,7 @@ def plan_resumed(rng, job, storage):
     floor = 1.69 + 406.4 / model.active ** 0.34 + 0.25 * math.log(model.vocab / 32000.0)
     loss = LossCurve("pretrain", None, None, None, None, floor, 410.7, None,
                      min(0.05, 0.036 * math.sqrt(1.6e6 / batch.tokens_per_step)), grad_norm,
-                     grad_norm * 0.85, rng.uniform(0.08, 0.15))
+                     grad_norm * 0.85, rng.uniform(0.15, 0.3))
     # Restarts, evaluations and checkpoints cost a few percent of wall time on long jobs.
     resumed_seconds = stable_end * batch.step_seconds * rng.uniform(1.03, 1.08)
     return Plan(batch, Schedule(model.lr, model.lr / 10.0, "wsd", decay, 1, total, total, 2000,

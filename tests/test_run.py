@@ -240,10 +240,11 @@ def test_loss_starts_where_that_kind_of_run_starts_and_falls(seed):
         assert math.log(sc.model.vocab) - 2.0 <= first <= math.log(sc.model.vocab) + 0.6
     else:
         assert 1.0 <= first <= 3.5
-    # Every run shows its loss falling clearly: a resumed job's final LR decay too.
-    head = losses[:max(2, len(losses) // 5)]
-    tail = losses[-max(2, len(losses) // 5):]
-    fall = 0.1 if sc.first_step == 1 else 0.03
+    # Every run shows its loss falling clearly from its first tenth to its last: a resumed
+    # job's final LR decay too.
+    head = losses[:max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10):]
+    fall = 0.1 if sc.first_step == 1 else 0.08
     assert sum(tail) / len(tail) < sum(head) / len(head) - fall
 
 

@@ -205,3 +205,21 @@ def test_the_readme_sample_is_what_seed_6_prints():
     for text in sample:  # in order, each one a line the program printed
         at = untimed.index(re.sub(r"^\[[\d :-]+\] ", "", text), at) + 1
     assert blocks[1].strip() in done.stdout.splitlines()
+
+
+def test_a_resumed_pretraining_window_shows_its_cooldown():
+    """The weakest fall of the mix: the last stretch of a pretraining job, whose loss falls
+    only with its final LR decay. It still falls clearly from its first tenth to its last."""
+    checked = 0
+    for seed in range(60, 460):
+        sc = lt.build_scenario(seed)
+        if sc.kind != "pretrain":
+            continue
+        _, shown = played(lt, sc)
+        losses = [float(found.group(1)) for found in (
+            re.search(r"Step \d+/\d+ \| Loss: ([\d.]+)", item.text) for _, item in shown)
+            if found]
+        tenth = max(1, len(losses) // 10)
+        assert sum(losses[:tenth]) / tenth - sum(losses[-tenth:]) / tenth >= 0.08, seed
+        checked += 1
+    assert checked >= 30
