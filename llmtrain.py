@@ -15,11 +15,12 @@ Usage:
     python3 llmtrain.py --plain             plain line log (the default when piped)
     python3 llmtrain.py --runs 1 --seed 7   one reproducible run
     python3 llmtrain.py --style megatron    the same kind of run as Megatron-LM would log it
+    python3 llmtrain.py --started-ago 5m    busy at once: launched 5 minutes ago, already going
     curl -sSL URL | python3 -               straight from the web, options after "-"
 
 Options (see --help):
     --plain  --color auto|always|never  --ascii  --seed N  --speed F  --instant  --runs N
-    --exit-after 90s|5m|1h30m  --model NAME  --list-models  --gpus N
+    --exit-after 90s|5m|1h30m  --started-ago 90s|5m|1h30m  --model NAME  --list-models  --gpus N
     --gpu a100-40g|a100|h100|h200|b200|mi300x  --humor off|some|max  --version
     --style classic|hf|lightning|deepspeed|megatron|torchtitan|random  --list-styles
 
@@ -30,6 +31,13 @@ DeepSpeed, Megatron-LM or torchtitan log lines with their own prefixes and times
 A style asked for by name is given a run its framework trains (Megatron-LM and torchtitan
 train whole models only, Lightning has no pipeline parallelism), as --model narrows the draw;
 `random` picks, per run and from the run's seed, among the frameworks that can train it.
+
+Started ago: --started-ago DURATION starts the session as if the job had been launched that
+long ago (at most 24h). What it printed since is printed at once, each line stamped with the
+time it would have had; the dashboard opens with the chart drawn, elapsed and ETA counting
+from that launch. Runs that would have ended by now are printed whole and count towards
+--runs (--runs 1 --started-ago 1h prints one finished run and ends); at --speed F, F times as
+much of the run lies behind. It needs a clock, so not with --instant.
 
 Dashboard: a header (model, method, cluster, epoch and step, run progress, elapsed and ETA,
 loss, LR, tok/s, and a chart of the training loss with validation points marked), the
@@ -105,6 +113,8 @@ NCCL_EVERY_SECONDS = 9.0
 
 #: A line this late (seconds of wall time) means the process was stopped: resume, no burst.
 STALL_SECONDS = 1.0
+#: --started-ago goes back at most this far (seconds): a day of runs prints in seconds.
+MAX_BACKLOG_SECONDS = 24 * 3600
 
 #: Bus bandwidth per GPU in a ring collective (GB/s): NVLink or Infinity Fabric inside a
 #: node; one 400 Gb/s InfiniBand rail per GPU across nodes (200 Gb/s on A100 systems).
@@ -4473,6 +4483,8 @@ class DashboardRenderer:
 
     def draw(self, force=False):
         """Redraw the regions that are due, then send the difference in one update."""
+        if not self.pacer.caught_up:
+            return  # a --started-ago backlog: the first frame shows the session as of now
         layout = self.layout
         if layout is None or self.state is None:
             self.update()
@@ -4666,24 +4678,34 @@ class ExitAfter(Exception):
 
 class Pacer:
     """Waits until each line is due: the run's clock over --speed, never drifting; and the
-    wall-clock time each line is shown at."""
+    wall-clock time each line is shown at. A session started `backlog` seconds ago
+    (--started-ago) was launched that long before now: the lines that fell due since are
+    shown at once, each stamped with the time it fell due, and the clocks count from then."""
 
-    def __init__(self, speed=1.0, instant=False, exit_after=None, monotonic=time.monotonic,
-                 wall=time.time):
+    def __init__(self, speed=1.0, instant=False, exit_after=None, backlog=0.0,
+                 monotonic=time.monotonic, wall=time.time):
         self.speed = speed
         self.instant = instant
         self.exit_after = exit_after
         self.monotonic = monotonic
         self.wall = wall
         self.started = monotonic()
-        self.anchor = self.started
+        self.wall_started = wall()
+        #: When the next line is due (monotonic seconds); before the first run, the launch.
+        self.due = self.started - backlog
+        self.anchor = self.due
+        #: False while lines that fell due before now are still being shown at once.
+        self.caught_up = not backlog
 
     def start_run(self):
-        self.anchor = self.monotonic()
+        self.anchor = self.monotonic() if self.caught_up else self.due
+        self.due = self.anchor
 
     def now(self):
-        """The wall-clock time a line shown now carries."""
-        return self.wall()
+        """The wall-clock time a line shown now carries: the time it fell due, in a backlog."""
+        if self.caught_up:
+            return self.wall()
+        return self.wall_started + (self.due - self.started)
 
     def run_clock(self, state):
         """The run's clock as of now: during a wait, between the last line and the next."""
@@ -4695,10 +4717,24 @@ class Pacer:
         if self.exit_after is not None and self.monotonic() - self.started >= self.exit_after:
             raise ExitAfter()
 
+    def wait_until(self, due, idle):
+        """Idle until `due` (monotonic seconds); a time already past returns at once."""
+        due_exit = None if self.exit_after is None else self.started + self.exit_after
+        while True:
+            now = self.monotonic()
+            if now >= due:
+                return
+            self.caught_up = True
+            wait = min(due - now, 0.25)
+            if due_exit is not None:
+                wait = max(0.0, min(wait, due_exit - now))
+            idle(wait)
+            self.check_exit()
+
     def advance(self, state, seconds, idle):
         """Move the run's clock on by `seconds`, waiting in idle() until the wall agrees."""
-        if not self.instant:
-            late = self.monotonic() - (self.anchor + state.clock / self.speed)
+        if not self.instant and self.caught_up:
+            late = self.monotonic() - self.due
             if late > STALL_SECONDS:
                 # Suspended (Ctrl-Z) or starved: carry on from here rather than replay the gap.
                 self.anchor += late
@@ -4706,30 +4742,16 @@ class Pacer:
         self.check_exit()
         if self.instant:
             return
-        due = self.anchor + state.clock / self.speed
-        if self.exit_after is not None:
-            due_exit = self.started + self.exit_after
-        else:
-            due_exit = None
-        while True:
-            now = self.monotonic()
-            if now >= due:
-                return
-            wait = min(due - now, 0.25)
-            if due_exit is not None:
-                wait = max(0.0, min(wait, due_exit - now))
-            idle(wait)
-            self.check_exit()
+        self.due = self.anchor + state.clock / self.speed
+        self.wait_until(self.due, idle)
 
     def pause(self, seconds, idle):
         """A pause outside any run (between runs)."""
         if self.instant:
             self.check_exit()
             return
-        end = self.monotonic() + seconds / self.speed
-        while self.monotonic() < end:
-            idle(min(0.25, end - self.monotonic()))
-            self.check_exit()
+        self.due = (self.monotonic() if self.caught_up else self.due) + seconds / self.speed
+        self.wait_until(self.due, idle)
 
 
 def drive(stream, state, renderer, pacer):
@@ -4884,6 +4906,15 @@ def duration_value(text):
     return total
 
 
+def backlog_value(text):
+    """--started-ago: a duration of at most a day (a day of runs is printed in seconds)."""
+    value = duration_value(text)
+    if value > MAX_BACKLOG_SECONDS:
+        raise argparse.ArgumentTypeError("%r is longer than %dh" % (
+            text, MAX_BACKLOG_SECONDS // 3600))
+    return value
+
+
 def build_parser():
     parser = UsageParser(
         prog="llmtrain",
@@ -4902,6 +4933,11 @@ def build_parser():
     parser.add_argument("--runs", type=positive_int, help="stop after N runs (default: forever)")
     parser.add_argument("--exit-after", type=duration_value, metavar="DURATION",
                         help="stop after a wall-clock time such as 90s, 5m or 1h30m")
+    parser.add_argument("--started-ago", type=backlog_value, metavar="DURATION",
+                        help="start as if launched DURATION ago (at most 24h): what came "
+                             "since is printed at once with the times it came, elapsed and "
+                             "ETA count from that launch; runs that would have ended by now "
+                             "are printed whole (--runs counts them)")
     parser.add_argument("--model", metavar="NAME",
                         help="a model from --list-models, or a custom name with a size, "
                              "e.g. acme-13B")
@@ -4921,6 +4957,8 @@ def build_parser():
 def parse_args(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.instant and args.started_ago is not None:
+        parser.error("argument --started-ago: not allowed with --instant (it has no clock)")
     if args.model is not None:
         try:
             find_model(args.model)
@@ -4974,7 +5012,7 @@ def run_command(argv, stream):
         first = build_scenario(seed, *request)
     except ScenarioError as error:
         parser.error(str(error))
-    pacer = Pacer(args.speed, args.instant, args.exit_after)
+    pacer = Pacer(args.speed, args.instant, args.exit_after, args.started_ago or 0.0)
     renderer = None
     try:
         renderer, glyphs = open_screen(args.plain, wants_color(args.color, stream, os.environ),
