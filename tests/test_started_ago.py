@@ -176,5 +176,4 @@ def test_the_dashboards_first_frame_is_already_two_minutes_in():
         assert re.search(rb"\d+\.\d\d \xe2\x94\x82", frame), frame
         assert b"waiting for the first step" not in out
     finally:
-        run.proc.terminate()
-        run.proc.wait(timeout=10)
+        run.close()
