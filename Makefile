@@ -11,6 +11,11 @@ test:
 bench:
 	$(PYTHON) tests/bench.py
 
+# The README's picture: one frame of the real dashboard (needs tmux), drawn as SVG.
+.PHONY: picture
+picture:
+	$(PYTHON) pictures/dashboard.py pictures/dashboard.svg
+
 install:
 	install -d "$(BINDIR)"
 	install -m 0755 llmtrain.py "$(BINDIR)/llmtrain"
