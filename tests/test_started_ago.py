@@ -73,11 +73,10 @@ def test_elapsed_counts_from_the_launch_not_from_the_start():
     backlog = 95.0
     busy = Session(12, backlog=backlog)
     assert busy.elapsed, "the session never waited"
+    # Whenever the header ticks (the driver waits), elapsed is the launch's age: exactly.
     for stopwatch, run_clock in busy.elapsed:
-        assert run_clock <= backlog + stopwatch + 1e-6
-        assert run_clock >= backlog + stopwatch - lt.UPDATE_SECONDS[1] * 30
-    stopwatch, run_clock = busy.elapsed[0]
-    assert stopwatch == 0.0 and run_clock >= backlog - 5.0
+        assert run_clock == pytest.approx(backlog + stopwatch, abs=1e-6)
+    assert busy.elapsed[0][0] == 0.0
 
 
 @pytest.mark.parametrize("style", STYLES)
