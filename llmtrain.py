@@ -4179,7 +4179,8 @@ def log_rows(entries, live, width, count):
         if len(rows) >= room:
             break
         rows[:0] = wrap_row(segments, width)
-    rows = rows[len(rows) - room:] if room else []
+    # Keep every row while the log is shorter than its region (a negative start would not).
+    rows = rows[max(0, len(rows) - room):] if room else []
     if live:
         rows.append(clip_row(live, width))
     return rows
