@@ -4443,6 +4443,7 @@ class DashboardRenderer:
             self.put(0, 0, "Terminal too small (%dx%d, needs %dx%d). q quits." % (
                 cols, rows, MIN_COLUMNS, MIN_ROWS), self.styles["bold"])
         self.chart_key = None
+        self.log_dirty = True  # the erase took the log (and a finished run's box) with it
         self.draw(force=True)
 
     # --- drawing ----------------------------------------------------------------------

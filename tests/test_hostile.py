@@ -112,3 +112,21 @@ def test_every_line_of_a_short_log_is_shown(tmux_pane, cols, rows):
         return False
     pane.wait_for(region_full, timeout=40, what="a full log region")
     assert checked > len(log_region(pane.screen())) // 2
+
+
+# ------------------------------------------------------------------------------------------
+# 1. A resize redraws the log at once
+# ------------------------------------------------------------------------------------------
+
+def test_log_is_redrawn_at_once_after_a_resize(tmux_pane):
+    # So slow that no new line comes for the rest of the test: only the resize redraws.
+    pane = tmux_pane("--seed", 3, "--speed", 0.002, cols=100, rows=30, env="LANG=C.UTF-8")
+
+    def stamped(lines):
+        region = log_region(lines)
+        return [row for row in region if STAMP.match(row)] if region else []
+    before = pane.wait_for(stamped, what="first frame with a log line")
+    pane.tmux("resize-window", "-t", "t", "-x", "120", "-y", "40")
+    first = stamped(before)[0][:60]
+    pane.wait_for(lambda ls: len(ls) >= 40 and stamped(ls)[:1] and stamped(ls)[0][:60] == first,
+                  timeout=5, what="log redrawn at 120x40")
