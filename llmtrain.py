@@ -53,7 +53,9 @@ curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as 
 
 Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 1 when the output cannot be
 written (a full disk); 128+signal when killed (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
-or a vanished terminal, 131 for SIGQUIT). A signal ignored at start (nohup) stays ignored.
+or a vanished terminal, 131 for SIGQUIT; likewise SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
+SIGPROF, SIGXCPU and SIGPWR, terminal restored). A signal ignored at start (nohup) stays
+ignored.
 
 llmtrain reads no hardware, opens no socket and writes no file: it only prints.
 Standard library only, Python 3.6 or newer.
@@ -4807,16 +4809,22 @@ def raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
+# Signals whose default action ends the process (signal(7)): each ends the run as SIGTERM
+# does, terminal restored and 128+n; SIGINT raises KeyboardInterrupt already.
+TERMINATING_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                       "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGPWR")
+
+
 def install_signal_handlers():
     """Terminating signals raise; one that was ignored when we started (nohup) stays so."""
-    for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):
+    for name in TERMINATING_SIGNALS:
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), raise_terminated)
 
 
 def ignore_signals():
     """While restoring the terminal, a second signal must not interrupt the restore."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+    for name in ("SIGINT",) + TERMINATING_SIGNALS:
         if hasattr(signal, name):
             try:
                 signal.signal(getattr(signal, name), signal.SIG_IGN)

@@ -48,9 +48,22 @@ import pytest
 
 from conftest import run_cli
 from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
-from test_dashboard import Tmux, regions_drawn
+from test_dashboard import Tmux, assert_restored, regions_drawn
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
+
+
+@pytest.fixture
+def pty_run():
+    runs = []
+
+    def start(*args, **kwargs):
+        run = PtyRun(list(args), **kwargs)
+        runs.append(run)
+        return run
+    yield start
+    for run in runs:
+        run.close()
 
 
 @pytest.fixture
@@ -130,3 +143,43 @@ def test_log_is_redrawn_at_once_after_a_resize(tmux_pane):
     first = stamped(before)[0][:60]
     pane.wait_for(lambda ls: len(ls) >= 40 and stamped(ls)[:1] and stamped(ls)[0][:60] == first,
                   timeout=5, what="log redrawn at 120x40")
+
+
+# ------------------------------------------------------------------------------------------
+# 6. Every signal whose default action kills ends the run as SIGTERM does
+# ------------------------------------------------------------------------------------------
+
+KILLING = [getattr(signal, name) for name in (
+    "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGPWR")
+    if hasattr(signal, name)]
+
+
+@pytest.mark.parametrize("signum", KILLING)
+def test_killing_signals_exit_128_plus_n_and_restore_the_dashboard(pty_run, signum):
+    run = pty_run("--seed", 2, "--speed", 5)
+    run.wait_drawn()
+    run.proc.send_signal(signum)
+    assert run.exit_within(3.0) == 128 + signum
+    assert_restored(run)
+
+
+def test_killing_signal_ends_the_plain_log_on_a_terminal(pty_run):
+    run = pty_run("--plain", "--seed", 2, "--speed", 5)
+    run.wait_for(lambda out: b"[INIT]" in out, what="first line")
+    run.proc.send_signal(signal.SIGUSR1)
+    assert run.exit_within(3.0) == 128 + signal.SIGUSR1
+    assert_restored(run, alternate_screen=False)
+
+
+def test_a_signal_ignored_at_start_stays_ignored(pty_run):
+    # The child inherits SIG_IGN, as under nohup; subprocess resets only SIGPIPE and XFSZ.
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        run = pty_run("--seed", 2, "--speed", 5)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    run.wait_drawn()
+    run.proc.send_signal(signal.SIGUSR1)
+    os.write(run.master, b"q")
+    assert run.exit_within(3.0) == 0
+    assert_restored(run)
