@@ -4215,6 +4215,16 @@ def plain_text(item, color, now):
                    for text, style in log_segments(stamp(item, now), clock_text))
 
 
+def terminal_columns(stream):
+    """The width the terminal on `stream` reports (TIOCGWINSZ), not an exported COLUMNS that
+    may be wider than it; shutil's guess (COLUMNS, then 100) where it reports none."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size((100, 24)).columns
+
+
 class PlainRenderer:
     """Prints the run as a line log; on a terminal the progress line is redrawn in place."""
 
@@ -4229,7 +4239,7 @@ class PlainRenderer:
             return  # a pipe gets one line per optimizer update, not the bar in between
         text = plain_text(item, self.color, now)
         if self.redraw and item.kind in ("progress", "live"):
-            width = shutil.get_terminal_size((100, 24)).columns - 1
+            width = terminal_columns(self.stream) - 1
             # Colour codes would be cut mid-sequence: the live line is clipped uncoloured.
             shown = plain_text(item, False, now)[:width]
             self.stream.write("\r" + shown + " " * max(0, len(self.live) - len(shown)))

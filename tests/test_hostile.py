@@ -37,6 +37,7 @@ storms, Ctrl-Z and fg redraw the dashboard (tests/test_dashboard.py).
 Every wait is on a condition with a deadline; nothing sleeps to make a test pass.
 """
 
+import glob
 import os
 import re
 import shutil
@@ -51,6 +52,10 @@ from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
 from test_dashboard import Tmux, assert_restored, regions_drawn
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
+# The oldest and the newest interpreter here, where a behaviour may differ by version.
+PYTHONS = sorted(set([sys.executable] + [path for path in (
+    sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3")))[:1]
+    + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3")))[-1:])]))
 
 
 @pytest.fixture
@@ -183,3 +188,22 @@ def test_a_signal_ignored_at_start_stays_ignored(pty_run):
     os.write(run.master, b"q")
     assert run.exit_within(3.0) == 0
     assert_restored(run)
+
+
+# ------------------------------------------------------------------------------------------
+# 7. The plain log's in-place line fits the terminal, whatever COLUMNS says
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_plain_live_line_fits_the_terminal_not_columns(pty_run, python):
+    run = pty_run("--plain", "--color", "never", "--seed", 2, "--speed", 400, "--runs", 1,
+                  rows=30, cols=100, env={"COLUMNS": "300"}, python=python)
+    assert run.exit_within(30) == 0
+    run.drain()
+    text = run.output().decode("utf-8", "replace").replace("\r\n", "\n")
+    # A line printed after the live one may wrap as any log line does: only the redraws count.
+    redrawn = [chunk for line in text.split("\n") for chunk in line.split("\r")[1:]
+               if "Step " in chunk]
+    assert redrawn, "no line was redrawn in place"
+    too_wide = [chunk for chunk in redrawn if len(chunk) >= 100]
+    assert not too_wide, "%d redraws wrap at 100 columns: %r" % (len(too_wide), too_wide[0])
