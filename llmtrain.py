@@ -76,6 +76,7 @@ import shutil
 import signal
 import struct
 import sys
+import threading
 import time
 
 __version__ = "1.0.0"
@@ -4815,8 +4816,27 @@ class Terminated(Exception):
         self.signum = signum
 
 
+# How long restoring the terminal may take once a signal asked us to stop: a terminal that
+# takes no output (XOFF, a pty nobody reads) must not keep the process alive.
+RESTORE_GRACE_S = 2.0
+
+
+def bound_the_ending(status):
+    """End the process with `status` if it is still restoring after RESTORE_GRACE_S: a write
+    blocked in the kernel releases the interpreter lock, so this timer thread still runs."""
+    timer = threading.Timer(RESTORE_GRACE_S, os._exit, (status,))
+    timer.daemon = True
+    timer.start()
+
+
 def raise_terminated(signum, frame):
+    bound_the_ending(EXIT_SIGNAL_BASE + signum)
     raise Terminated(signum)
+
+
+def raise_interrupted(signum, frame):
+    bound_the_ending(EXIT_SIGNAL_BASE + signum)
+    raise KeyboardInterrupt()
 
 
 # Signals whose default action ends the process (signal(7)): each ends the run as SIGTERM
@@ -4830,6 +4850,8 @@ def install_signal_handlers():
     for name in TERMINATING_SIGNALS:
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupted)
 
 
 def ignore_signals():

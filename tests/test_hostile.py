@@ -44,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -207,3 +208,32 @@ def test_plain_live_line_fits_the_terminal_not_columns(pty_run, python):
     assert redrawn, "no line was redrawn in place"
     too_wide = [chunk for chunk in redrawn if len(chunk) >= 100]
     assert not too_wide, "%d redraws wrap at 100 columns: %r" % (len(too_wide), too_wide[0])
+
+
+# ------------------------------------------------------------------------------------------
+# 2. A signal ends the program even while its output is blocked
+# ------------------------------------------------------------------------------------------
+
+def blocked_in_write(pid):
+    """True while the process sits in write(2) (x86-64 and arm64 syscall numbers)."""
+    try:
+        with open("/proc/%d/syscall" % pid) as status:
+            number = status.read().split(" ", 1)[0]
+    except OSError:
+        return False
+    return number in ("1", "64")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/syscall"), reason="needs /proc/PID/syscall")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum):
+    run = pty_run("--plain", "--instant", "--seed", 2)
+    run.wait_for(lambda out: b"[INIT]" in out, what="first line")
+    run.stopping = True  # nobody reads the terminal any more, as over a frozen ssh link
+    run.reader.join()
+    deadline = time.monotonic() + 20
+    while not blocked_in_write(run.proc.pid):
+        assert time.monotonic() < deadline, "never blocked on the unread terminal"
+        time.sleep(0.02)
+    run.proc.send_signal(signum)
+    assert run.exit_within(5.0) == 128 + signum
