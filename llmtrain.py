@@ -147,6 +147,11 @@ EXIT_SIGNAL_BASE = 128
 #: Below this size the dashboard shows a one-line "too small" notice instead of its regions.
 MIN_COLUMNS = 40
 MIN_ROWS = 12
+#: Past what any screen shows (an 8K display in a 6-pixel font has about 1,300 columns) the
+#: plain log is printed: ncurses keeps curscr, newscr and stdscr, each cell in each, and its
+#: sizes are shorts (curses.h), so from 32,768 on it crashes.
+MAX_ROWS = 1000
+MAX_COLUMNS = 2000
 #: Log lines the dashboard keeps for a taller window; older ones are dropped.
 LOG_KEEP = 300
 #: Seconds between redraws of each region: the header ticks, the grid follows 2 s readings,
@@ -4640,6 +4645,12 @@ def open_dashboard(color, ascii_only, pacer):
     (not a terminal, no curses module, no terminfo entry, initscr failing)."""
     if not sys.stdout.isatty():
         return None
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return None
+    if size.lines > MAX_ROWS or size.columns > MAX_COLUMNS:
+        return None  # initscr would exit on its own, or take gigabytes
     try:
         import curses
     except ImportError:

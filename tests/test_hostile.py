@@ -237,3 +237,17 @@ def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum):
         time.sleep(0.02)
     run.proc.send_signal(signum)
     assert run.exit_within(5.0) == 128 + signum
+
+
+# ------------------------------------------------------------------------------------------
+# 3. A terminal larger than any screen gets the plain log, not a crash
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows,cols", [(40000, 80), (24, 40000), (10000, 10000)])
+def test_a_huge_terminal_falls_back_to_the_plain_log(pty_run, rows, cols):
+    run = pty_run("--seed", 2, "--instant", "--runs", 1, rows=rows, cols=cols)
+    assert run.exit_within(30) == 0
+    run.drain()
+    out = run.output()
+    assert ENTER_ALT not in out and b"Training complete" in out
+    assert_restored(run, alternate_screen=False)
