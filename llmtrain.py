@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """llmtrain - a whole LLM training run, faked convincingly, in any terminal.
 
 Like genact fakes a kernel compile, llmtrain fills the screen with a distributed LLM
@@ -4898,6 +4899,30 @@ def silence_stdout():
 # Command line
 # ==========================================================================================
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+#: The manual's sections beyond the options, in one place: --help's epilog and the man page
+#: (--print-manpage) are both printed from them.
+MANUAL = collections.OrderedDict([
+    ("KEYS", "q or Esc quits, and so does Ctrl-C; nothing else is interactive. Esc quits at "
+             "once, so input that starts with Esc and that curses does not decode (Alt-x, "
+             "arrow keys in normal mode, mouse reports) quits too."),
+    ("ENVIRONMENT", "NO_COLOR (set and not empty) turns colour off under --color auto. TERM "
+                    "unset, empty or dumb, or stdout not a terminal, gives the plain log. A "
+                    "locale that is not UTF-8 (LANG, LC_ALL) draws the dashboard through "
+                    "C.UTF-8 where it exists, else in ASCII."),
+    ("EXIT STATUS", "0 after q, --runs or --exit-after; 1 when the output cannot be written "
+                    "(a full disk); 2 for bad usage; 128+N when ended by signal N: 130 for "
+                    "Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a terminal that went away, "
+                    "131 for SIGQUIT."),
+])
+
+
+def manual_epilog():
+    return "\n\n".join("%s: %s" % (heading.lower().capitalize(), text)
+                        for heading, text in MANUAL.items())
+
+
 class UsageParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2."""
 
@@ -4971,7 +4996,8 @@ def backlog_value(text):
 def build_parser():
     parser = UsageParser(
         prog="llmtrain",
-        description="A convincing, internally consistent LLM training run in your terminal.")
+        description="A convincing, internally consistent LLM training run in your terminal.",
+        epilog=manual_epilog())
     parser.add_argument("--plain", action="store_true",
                         help="plain line log instead of the dashboard (default when piped)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -4979,11 +5005,11 @@ def build_parser():
     parser.add_argument("--ascii", action="store_true",
                         help="ASCII bars and chart (for fonts or CJK terminals that draw "
                              "block characters double-width)")
-    parser.add_argument("--seed", type=seed_value, help="same seed, same run")
-    parser.add_argument("--speed", type=speed_value, default=1.0,
+    parser.add_argument("--seed", type=seed_value, metavar="N", help="same seed, same run")
+    parser.add_argument("--speed", type=speed_value, default=1.0, metavar="F",
                         help="run F times faster than real time (default 1)")
     parser.add_argument("--instant", action="store_true", help="no pauses at all")
-    parser.add_argument("--runs", type=positive_int, help="stop after N runs (default: forever)")
+    parser.add_argument("--runs", type=positive_int, metavar="N", help="stop after N runs (default: forever)")
     parser.add_argument("--exit-after", type=duration_value, metavar="DURATION",
                         help="stop after a wall-clock time such as 90s, 5m or 1h30m")
     parser.add_argument("--started-ago", type=backlog_value, metavar="DURATION",
@@ -5003,8 +5029,114 @@ def build_parser():
     parser.add_argument("--list-styles", action="store_true", help="list the log styles")
     parser.add_argument("--humor", choices=("off", "some", "max"), default="some",
                         help="funny model/dataset/checkpoint names: never, sometimes, always")
-    parser.add_argument("--version", action="version", version="llmtrain " + __version__)
+    parser.add_argument("--print-completions", choices=COMPLETION_SHELLS, metavar="SHELL",
+                        help="print a completion script for bash, zsh or fish")
+    parser.add_argument("--print-manpage", action="store_true",
+                        help="print the manual page (roff), e.g. for man -l -")
+    parser.add_argument("-V", "--version", action="version", version="llmtrain " + __version__)
     return parser
+
+
+def documented_options(parser):
+    """(option strings, metavar or None, choices or None, help) of every option, in order."""
+    for action in parser._actions:  # argparse has no public walk of its options
+        if not action.option_strings:
+            continue
+        takes_value = action.nargs != 0
+        metavar = (action.metavar or action.dest.upper()) if takes_value else None
+        choices = list(action.choices) if action.choices else None
+        yield action.option_strings, metavar, choices, (action.help or "").replace("%%", "%")
+
+
+def option_values(parser):
+    """{option: words a shell offers for its value}; known models stand in for --model."""
+    values = {"--model": [m.name for m in MODELS]}
+    for names, metavar, choices, _ in documented_options(parser):
+        if choices:
+            values[names[-1]] = choices
+    return values
+
+
+def bash_completion(parser):
+    values = option_values(parser)
+    flags, cases = [], []
+    for names, metavar, choices, _ in documented_options(parser):
+        flags.extend(names)
+        if metavar:
+            words = " ".join(values.get(names[-1], ()))
+            cases.append("        %s) COMPREPLY=($(compgen -W \"%s\" -- \"$cur\")); return;;"
+                         % ("|".join(names), words))
+    return "\n".join([
+        "# bash completion for llmtrain; printed by llmtrain --print-completions bash",
+        "_llmtrain() {",
+        "    local cur=\"${COMP_WORDS[COMP_CWORD]}\" prev=\"${COMP_WORDS[COMP_CWORD-1]}\"",
+        "    case \"$prev\" in"] + cases + [
+        "    esac",
+        "    COMPREPLY=($(compgen -W \"%s\" -- \"$cur\"))" % " ".join(flags),
+        "}",
+        "complete -F _llmtrain llmtrain llmtrain.py", ""])
+
+
+def zsh_completion(parser):
+    values = option_values(parser)
+    specs = []
+    for names, metavar, choices, text in documented_options(parser):
+        text = re.sub(r"([\[\]:\\])", r"\\\1", text).replace("'", "'\\''")
+        group = "(%s)" % " ".join(names) if len(names) > 1 else ""
+        spell = "{%s}" % ",".join(names) if len(names) > 1 else names[0]
+        value = ""
+        if metavar:
+            value = ":%s:(%s)" % (metavar.lower(), " ".join(values.get(names[-1], ()))) if (
+                names[-1] in values) else ":%s: " % metavar.lower()
+        specs.append("  %s%s'[%s]%s'" % ("'%s'" % group if group else "", spell, text, value))
+    return "\n".join(["#compdef llmtrain llmtrain.py",
+                      "# zsh completion for llmtrain; printed by llmtrain --print-completions zsh",
+                      "_arguments -s \\"] + [spec + " \\" for spec in specs[:-1]]
+                     + [specs[-1], ""])
+
+
+def fish_completion(parser):
+    values = option_values(parser)
+    lines = ["# fish completion for llmtrain; printed by llmtrain --print-completions fish"]
+    for names, metavar, choices, text in documented_options(parser):
+        spell = " ".join("-l %s" % name[2:] if name.startswith("--") else "-s %s" % name[1:]
+                         for name in names)
+        value = ""
+        if metavar:
+            value = (" -x -a '%s'" % " ".join(values[names[-1]]) if names[-1] in values
+                     else " -x")
+        lines.append("complete -c llmtrain %s%s -d '%s'" % (
+            spell, value, text.replace("\\", "\\\\").replace("'", "\\'")))
+    return "\n".join(lines) + "\n"
+
+
+COMPLETION_SCRIPTS = collections.OrderedDict([
+    ("bash", bash_completion), ("zsh", zsh_completion), ("fish", fish_completion)])
+
+
+def roff(text):
+    """Text safe in a roff line: backslashes and dashes escaped, no leading control dot."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\\&" + text if text[:1] in (".", "'") else text
+
+
+def manpage(parser):
+    lines = ['.TH LLMTRAIN 1 "" "llmtrain %s" "User Commands"' % __version__,
+             ".SH NAME", "llmtrain \\- " + roff(parser.description),
+             ".SH SYNOPSIS", ".B llmtrain", "[\\fIOPTION\\fR]...",
+             ".SH DESCRIPTION", roff(__doc__.split("\n\n")[1].replace("\n", " ")
+                                    if __doc__ else parser.description),
+             ".SH OPTIONS"]
+    for names, metavar, choices, text in documented_options(parser):
+        spelled = ", ".join("\\fB%s\\fR" % roff(name) for name in names)
+        if metavar:
+            spelled += " \\fI%s\\fR" % roff("{%s}" % ",".join(choices) if choices
+                                              and names[-1] != "--model" else metavar)
+        lines.extend([".TP", spelled, roff(text)])
+    for heading, text in MANUAL.items():
+        lines.extend([".SH " + heading, roff(text)])
+    lines.extend([".SH SEE ALSO", "\\fBnvidia\\-smi\\fR(1), \\fBtorchrun\\fR(1)", ""])
+    return "\n".join(lines)
 
 
 def parse_args(argv):
@@ -5055,6 +5187,11 @@ def run_command(argv, stream):
     """What argv asks for: a listing, or a session of runs until it ends. Raises what ends
     it early (Quit, ExitAfter, KeyboardInterrupt, Terminated, TerminalLost, OSError)."""
     parser, args = parse_args(argv)
+    if args.print_completions or args.print_manpage:
+        stream.write(COMPLETION_SCRIPTS[args.print_completions](parser)
+                     if args.print_completions else manpage(parser))
+        stream.flush()
+        return
     if args.list_models or args.list_styles:
         stream.write(list_models() if args.list_models else list_styles())
         stream.flush()
