@@ -54,7 +54,9 @@ curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as 
 
 Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 1 when the output cannot be
 written (a full disk); 128+signal when killed (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
-or a vanished terminal, 131 for SIGQUIT). A signal ignored at start (nohup) stays ignored.
+or a vanished terminal, 131 for SIGQUIT; likewise SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
+SIGPROF, SIGXCPU and SIGPWR, terminal restored). A signal ignored at start (nohup) stays
+ignored.
 
 llmtrain reads no hardware, opens no socket and writes no file: it only prints.
 Standard library only, Python 3.6 or newer.
@@ -75,6 +77,7 @@ import shutil
 import signal
 import struct
 import sys
+import threading
 import time
 
 __version__ = "1.0.0"
@@ -145,6 +148,11 @@ EXIT_SIGNAL_BASE = 128
 #: Below this size the dashboard shows a one-line "too small" notice instead of its regions.
 MIN_COLUMNS = 40
 MIN_ROWS = 12
+#: Past what any screen shows (an 8K display in a 6-pixel font has about 1,300 columns) the
+#: plain log is printed: ncurses keeps curscr, newscr and stdscr, each cell in each, and its
+#: sizes are shorts (curses.h), so from 32,768 on it crashes.
+MAX_ROWS = 1000
+MAX_COLUMNS = 2000
 #: Log lines the dashboard keeps for a taller window; older ones are dropped.
 LOG_KEEP = 300
 #: Seconds between redraws of each region: the header ticks, the grid follows 2 s readings,
@@ -4180,7 +4188,8 @@ def log_rows(entries, live, width, count):
         if len(rows) >= room:
             break
         rows[:0] = wrap_row(segments, width)
-    rows = rows[len(rows) - room:] if room else []
+    # Keep every row while the log is shorter than its region (a negative start would not).
+    rows = rows[max(0, len(rows) - room):] if room else []
     if live:
         rows.append(clip_row(live, width))
     return rows
@@ -4213,6 +4222,16 @@ def plain_text(item, color, now):
                    for text, style in log_segments(stamp(item, now), clock_text))
 
 
+def terminal_columns(stream):
+    """The width the terminal on `stream` reports (TIOCGWINSZ), not an exported COLUMNS that
+    may be wider than it; shutil's guess (COLUMNS, then 100) where it reports none."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size((100, 24)).columns
+
+
 class PlainRenderer:
     """Prints the run as a line log; on a terminal the progress line is redrawn in place."""
 
@@ -4227,7 +4246,7 @@ class PlainRenderer:
             return  # a pipe gets one line per optimizer update, not the bar in between
         text = plain_text(item, self.color, now)
         if self.redraw and item.kind in ("progress", "live"):
-            width = shutil.get_terminal_size((100, 24)).columns - 1
+            width = terminal_columns(self.stream) - 1
             # Colour codes would be cut mid-sequence: the live line is clipped uncoloured.
             shown = plain_text(item, False, now)[:width]
             self.stream.write("\r" + shown + " " * max(0, len(self.live) - len(shown)))
@@ -4443,6 +4462,7 @@ class DashboardRenderer:
             self.put(0, 0, "Terminal too small (%dx%d, needs %dx%d). q quits." % (
                 cols, rows, MIN_COLUMNS, MIN_ROWS), self.styles["bold"])
         self.chart_key = None
+        self.log_dirty = True  # the erase took the log (and a finished run's box) with it
         self.draw(force=True)
 
     # --- drawing ----------------------------------------------------------------------
@@ -4627,6 +4647,12 @@ def open_dashboard(color, ascii_only, pacer):
     if not sys.stdout.isatty():
         return None
     try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return None
+    if size.lines > MAX_ROWS or size.columns > MAX_COLUMNS:
+        return None  # initscr would exit on its own, or take gigabytes
+    try:
         import curses
     except ImportError:
         return None
@@ -4802,20 +4828,47 @@ class Terminated(Exception):
         self.signum = signum
 
 
+# How long restoring the terminal may take once a signal asked us to stop: a terminal that
+# takes no output (XOFF, a pty nobody reads) must not keep the process alive.
+RESTORE_GRACE_S = 2.0
+
+
+def bound_the_ending(status):
+    """End the process with `status` if it is still restoring after RESTORE_GRACE_S: a write
+    blocked in the kernel releases the interpreter lock, so this timer thread still runs."""
+    timer = threading.Timer(RESTORE_GRACE_S, os._exit, (status,))
+    timer.daemon = True
+    timer.start()
+
+
 def raise_terminated(signum, frame):
+    bound_the_ending(EXIT_SIGNAL_BASE + signum)
     raise Terminated(signum)
+
+
+def raise_interrupted(signum, frame):
+    bound_the_ending(EXIT_SIGNAL_BASE + signum)
+    raise KeyboardInterrupt()
+
+
+# Signals whose default action ends the process (signal(7)): each ends the run as SIGTERM
+# does, terminal restored and 128+n; SIGINT raises KeyboardInterrupt already.
+TERMINATING_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                       "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGPWR")
 
 
 def install_signal_handlers():
     """Terminating signals raise; one that was ignored when we started (nohup) stays so."""
-    for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):
+    for name in TERMINATING_SIGNALS:
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupted)
 
 
 def ignore_signals():
     """While restoring the terminal, a second signal must not interrupt the restore."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+    for name in ("SIGINT",) + TERMINATING_SIGNALS:
         if hasattr(signal, name):
             try:
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
