@@ -227,9 +227,10 @@ def blocked_in_write(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/syscall"), reason="needs /proc/PID/syscall")
+@pytest.mark.parametrize("python", PYTHONS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum):
-    run = pty_run("--plain", "--instant", "--seed", 2)
+def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum, python):
+    run = pty_run("--plain", "--instant", "--seed", 2, python=python)
     run.wait_for(lambda out: b"[INIT]" in out, what="first line")
     run.stopping = True  # nobody reads the terminal any more, as over a frozen ssh link
     run.reader.join()
