@@ -31,7 +31,7 @@ $(TESTENV)/ready:
 	@echo "pytest is not installed for $(PYTHON): making $(TESTENV) and installing it there"
 	@$(PYTHON) -m venv $(TESTENV) || { echo "make test: cannot make a virtual environment; install python3-venv, or pytest for $(PYTHON)"; exit 1; }
 	@echo '*' > $(TESTENV)/.gitignore
-	@$(TESTENV)/bin/python -m pip install --quiet --disable-pip-version-check pytest \
+	@$(TESTENV)/bin/python -m pip install --quiet --disable-pip-version-check pytest >/dev/null 2>&1 \
 	    || { rm -rf $(TESTENV); echo "make test: cannot fetch pytest (offline?); install pytest for $(PYTHON) and run make test again"; exit 1; }
 	@touch $@
 

@@ -44,19 +44,8 @@ Dashboard: a header (model, method, cluster, epoch and step, run progress, elaps
 loss, LR, tok/s, and a chart of the training loss with validation points marked), the
 scrolling log with the progress line updated in place, and a grid of GPUs by node (one cell
 per node, min/avg/max, when there are too many). Resize at will; below 40x12 it says so.
-Keys: q (or Esc) and Ctrl-C quit. Nothing else is interactive.
-
-Environment: NO_COLOR disables colour under --color auto. The plain log is printed instead
-of the dashboard when stdout is not a terminal, there is no terminal to read keys from,
-TERM is unset, empty or dumb, or curses is missing or cannot start; a TERM without a
-terminfo entry here is drawn as xterm(-256color) or vt100. In a locale that is not UTF-8,
-curses is switched to C.UTF-8 where it exists, else bars are drawn in ASCII (as --ascii).
-
-Exit status: 0 after q, --runs or --exit-after; 2 for bad usage; 1 when the output cannot be
-written (a full disk); 128+signal when killed (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
-or a vanished terminal, 131 for SIGQUIT; likewise SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
-SIGPROF, SIGXCPU and SIGPWR, terminal restored). A signal ignored at start (nohup) stays
-ignored.
+Keys, environment and exit status: MANUAL, under "Command line" below (--help and the
+man page print it).
 
 llmtrain reads no hardware, opens no socket and writes no file: it only prints.
 Standard library only, Python 3.6 or newer.
@@ -77,6 +66,7 @@ import shutil
 import signal
 import struct
 import sys
+import textwrap
 import threading
 import time
 
@@ -4951,20 +4941,34 @@ MANUAL = collections.OrderedDict([
     ("KEYS", "q or Esc quits, and so does Ctrl-C; nothing else is interactive. Esc quits at "
              "once, so input that starts with Esc and that curses does not decode (Alt-x, "
              "arrow keys in normal mode, mouse reports) quits too."),
-    ("ENVIRONMENT", "NO_COLOR (set and not empty) turns colour off under --color auto. TERM "
-                    "unset, empty or dumb, or stdout not a terminal, gives the plain log. A "
-                    "locale that is not UTF-8 (LANG, LC_ALL) draws the dashboard through "
-                    "C.UTF-8 where it exists, else in ASCII."),
+    ("ENVIRONMENT", "NO_COLOR (set and not empty) turns colour off under --color auto. The "
+                    "plain log is printed instead of the dashboard when stdout is not a "
+                    "terminal, there is no terminal to read keys from, TERM is unset, empty or "
+                    "dumb, or curses is missing or cannot start; a TERM without a terminfo "
+                    "entry here is drawn as xterm(-256color) or vt100. In a locale that is not "
+                    "UTF-8 (LANG, LC_ALL), curses is switched to C.UTF-8 where it exists, else "
+                    "bars are drawn in ASCII (as --ascii)."),
     ("EXIT STATUS", "0 after q, --runs or --exit-after; 1 when the output cannot be written "
-                    "(a full disk); 2 for bad usage; 128+N when ended by signal N: 130 for "
-                    "Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a terminal that went away, "
-                    "131 for SIGQUIT."),
+                    "(a full disk); 2 for bad usage; 128+N when ended by signal N, with the "
+                    "terminal restored: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP or a "
+                    "terminal that went away, 131 for SIGQUIT, and likewise SIGUSR1, SIGUSR2, "
+                    "SIGALRM, SIGVTALRM, SIGPROF, SIGXCPU and SIGPWR. A signal ignored at start "
+                    "(nohup) stays ignored."),
 ])
 
 
 def manual_epilog():
     return "\n\n".join("%s: %s" % (heading.lower().capitalize(), text)
                         for heading, text in MANUAL.items())
+
+
+class ManualFormatter(argparse.HelpFormatter):
+    """argparse's help, with the epilog's paragraphs kept apart."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n\n".join(textwrap.fill(paragraph, width, initial_indent=indent,
+                                          subsequent_indent=indent)
+                            for paragraph in text.split("\n\n"))
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -5041,7 +5045,7 @@ def build_parser():
     parser = UsageParser(
         prog="llmtrain",
         description="A convincing, internally consistent LLM training run in your terminal.",
-        epilog=manual_epilog())
+        epilog=manual_epilog(), formatter_class=ManualFormatter)
     parser.add_argument("--plain", action="store_true",
                         help="plain line log instead of the dashboard (default when piped)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
