@@ -4317,12 +4317,46 @@ def style_attributes(curses, color):
     return attrs
 
 
+class ResizeWatch:
+    """SIGWINCH noted by our own handler, installed before initscr so that ncurses installs
+    none (lib_tstp.c catches it only where the action is the default): ncurses would read a
+    size of 32,768 or more and crash in resizeterm. The renderer resizes, clamped, itself."""
+
+    def __init__(self):
+        self.pending = False
+
+    def install(self):
+        if hasattr(signal, "SIGWINCH") and signal.getsignal(signal.SIGWINCH) == signal.SIG_DFL:
+            signal.signal(signal.SIGWINCH, self.note)
+
+    def note(self, signum, frame):
+        self.pending = True
+
+    def take(self):
+        """True once after each resize (or burst of them)."""
+        pending, self.pending = self.pending, False
+        return pending
+
+
+def clamped_size(fd):
+    """(rows, columns) the terminal on fd reports, at most MAX_ROWS x MAX_COLUMNS; None when
+    it reports none."""
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    if size.lines < 1 or size.columns < 1:
+        return None
+    return min(size.lines, MAX_ROWS), min(size.columns, MAX_COLUMNS)
+
+
 class DashboardRenderer:
     """Draws the run full screen. Regions redraw on their own schedule and only what changed
     reaches the terminal (curses sends the difference); keys are read while idle."""
 
-    def __init__(self, curses, screen, glyphs, color, pacer):
+    def __init__(self, curses, screen, glyphs, color, pacer, resizes):
         self.curses = curses
+        self.resizes = resizes
         self.scr = screen
         self.glyphs = glyphs
         self.styles = style_attributes(curses, color)
@@ -4413,6 +4447,14 @@ class DashboardRenderer:
         self.scr.timeout(wait_ms)
         started = time.monotonic()
         key = self.scr.getch()
+        if self.resizes.take():
+            size = clamped_size(sys.stdout.fileno())
+            if size is not None:
+                try:
+                    self.curses.resizeterm(*size)
+                except self.curses.error:
+                    pass  # the old size stays; the next resize tries again
+            key = self.curses.KEY_RESIZE
         if key == -1:
             if not wait_ms:
                 # A bare poll (--instant never waits): ask the terminal itself if it is there.
@@ -4657,6 +4699,8 @@ def open_dashboard(color, ascii_only, pacer):
     # Exported LINES/COLUMNS would pin the size: curses would never see a resize.
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
+    resizes = ResizeWatch()
+    resizes.install()
     try:
         screen = curses.initscr()
     except curses.error:
@@ -4666,7 +4710,7 @@ def open_dashboard(color, ascii_only, pacer):
         curses.noecho()
         curses.cbreak()
         screen.keypad(True)
-        renderer = DashboardRenderer(curses, screen, glyphs, color, pacer)
+        renderer = DashboardRenderer(curses, screen, glyphs, color, pacer, resizes)
     except curses.error:
         pass  # e.g. cbreak() without a terminal for its modes: the plain log it is
     finally:

@@ -14,8 +14,8 @@ installed. Each test failed on the program before its fix. Failure modes covered
     nothing: the plain log ends within seconds with 128+n (here). The dashboard, blocked
     inside curses, is not covered yet: it still waits for output to flow.
  3. A terminal of 32,768 rows or columns or more crashed curses: at start, a terminal past
-    what any screen shows gets the plain log (here). A resize that large while the
-    dashboard runs is not covered yet.
+    what any screen shows gets the plain log; a resize that large while the dashboard
+    runs is clamped before curses sees it, on 3.6 and 3.13 (here).
  4. Escape sequences and newlines in names the user typed: tests/test_names.py.
  5. Python 3.6 with an ASCII stdout and a non-ASCII name: tests/test_names.py.
  6. USR1, USR2, ALRM, VTALRM, PROF, XCPU and PWR killed the program with raw modes and
@@ -227,9 +227,10 @@ def blocked_in_write(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/syscall"), reason="needs /proc/PID/syscall")
+@pytest.mark.parametrize("python", PYTHONS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum):
-    run = pty_run("--plain", "--instant", "--seed", 2)
+def test_a_signal_ends_the_plain_log_a_pty_nobody_reads(pty_run, signum, python):
+    run = pty_run("--plain", "--instant", "--seed", 2, python=python)
     run.wait_for(lambda out: b"[INIT]" in out, what="first line")
     run.stopping = True  # nobody reads the terminal any more, as over a frozen ssh link
     run.reader.join()
@@ -253,3 +254,23 @@ def test_a_huge_terminal_falls_back_to_the_plain_log(pty_run, rows, cols):
     out = run.output()
     assert ENTER_ALT not in out and b"Training complete" in out
     assert_restored(run, alternate_screen=False)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_huge_resize_is_clamped_and_the_dashboard_carries_on(pty_run, python):
+    run = pty_run("--seed", 2, "--speed", 5, rows=24, cols=80, python=python)
+    run.wait_drawn()
+    mark = len(run.output())
+    run.resize(40000, 40000)  # the pty signals its foreground group: SIGWINCH
+    # A redraw at the clamped size addresses rows far below the 24 it had.
+    far_row = re.compile(rb"\x1b\[[1-9][0-9]{2,}[;d]")
+    run.wait_for(lambda out: run.proc.poll() is not None or far_row.search(out, mark),
+                 what="redrawn at the clamped size")
+    assert run.proc.poll() is None, "died with %s" % run.proc.poll()
+    mark = len(run.output())
+    run.resize(30, 100)
+    run.wait_for(lambda out: b"\x1b[30;" in out[mark:], what="redrawn at 100x30")
+    assert run.proc.poll() is None, "died with %s" % run.proc.poll()
+    os.write(run.master, b"q")
+    assert run.exit_within(3.0) == 0
+    assert_restored(run)
