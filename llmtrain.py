@@ -109,6 +109,8 @@ NCCL_EVERY_SECONDS = 9.0
 STALL_SECONDS = 1.0
 #: --started-ago goes back at most this far (seconds): a day of runs prints in seconds.
 MAX_BACKLOG_SECONDS = 24 * 3600
+#: An error line stays one short line, whatever value was pasted.
+MAX_ERROR_CHARS = 160
 
 #: Bus bandwidth per GPU in a ring collective (GB/s): NVLink or Infinity Fabric inside a
 #: node; one 400 Gb/s InfiniBand rail per GPU across nodes (200 Gb/s on A100 systems).
@@ -4975,13 +4977,35 @@ class UsageParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2."""
 
     def error(self, message):
+        if len(message) > MAX_ERROR_CHARS:  # a value pasted by mistake stays off the line
+            message = message[:MAX_ERROR_CHARS - 3] + "..."
         self.exit(EXIT_USAGE, "%s: error: %s (see --help)\n" % (self.prog, message))
 
 
+#: Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, line and paragraph
+#: separators, and the bidirectional marks, embeddings, overrides and isolates of Unicode.
+UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def visible(text):
+    """User text as it may be shown: each character a terminal would act on, escaped
+    (ESC as \\x1b, a newline as \\n), so a name can neither drive the terminal nor forge a line."""
+    return UNSHOWABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"),
+                          text)
+
+
+def quoted(text):
+    """A value as an error line shows it: repr, cut short."""
+    return repr(text) if len(text) <= 24 else repr(text[:20]) + "..."
+
+
 def whole_number(text):
-    """ASCII digits only: int() would also take ' 5', '1_000' and other scripts' digits."""
-    if not re.match(r"^[0-9]+$", text):
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text)
+    """ASCII digits only: int() would also take ' 5', '1_000' and other scripts' digits (and
+    refuses more than 4,300 of them from 3.10.7 on)."""
+    if not re.match(r"^[0-9]+\Z", text):
+        raise argparse.ArgumentTypeError("%s is not a whole number" % quoted(text))
+    if len(text) > 24:
+        raise argparse.ArgumentTypeError("%s is too long" % quoted(text))
     return int(text)
 
 
@@ -5005,27 +5029,28 @@ def seed_value(text):
 
 
 def speed_value(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    # float() would also take ' 1e6 ', '1_000', 'inf' and other scripts' digits.
+    if not re.match(r"^[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\Z|^\.[0-9]+\Z", text):
+        raise argparse.ArgumentTypeError("%s is not a number" % quoted(text))
+    value = float(text)
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("%s must be a finite number > 0" % text)
+        raise argparse.ArgumentTypeError("%s must be a finite number > 0" % quoted(text))
     return value
 
 
 def duration_value(text):
     """90, 90s, 5m, 1h30m, 1h30m15s -> seconds."""
-    match = re.match(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$", text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError("%r is not a duration like 90s, 5m or 1h30m" % text)
+    if len(text) > 20:
+        raise argparse.ArgumentTypeError("%s is too long to be a duration" % quoted(text))
+    match = re.match(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+(?:\.[0-9]+)?)s?)?\Z", text)
+    if not text or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError("%s is not a duration like 90s, 5m or 1h30m"
+                                         % quoted(text))
     hours, minutes, seconds = match.groups()
     if ((hours and minutes and int(minutes) >= 60)
             or ((hours or minutes) and seconds and float(seconds) >= 60)):
         raise argparse.ArgumentTypeError("%r: minutes and seconds after a larger unit must be "
                                          "under 60" % text)
-    if len(text) > 20:
-        raise argparse.ArgumentTypeError("%r is too long to be a duration" % text)
     total = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
     if total <= 0:
         raise argparse.ArgumentTypeError("%r must be longer than zero" % text)
@@ -5193,6 +5218,7 @@ def parse_args(argv):
     if args.instant and args.started_ago is not None:
         parser.error("argument --started-ago: not allowed with --instant (it has no clock)")
     if args.model is not None:
+        args.model = visible(args.model)  # the one way user text reaches the screen
         try:
             find_model(args.model)
         except ScenarioError as error:
@@ -5226,8 +5252,14 @@ def tolerant(stream):
     lacks must not end the run."""
     try:
         stream.reconfigure(errors="replace")
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        pass  # Python 3.6, or a stream that cannot change: glyphs are checked anyway
+    except AttributeError:  # Python 3.6: no reconfigure(), so a new wrapper on the same bytes
+        if not hasattr(stream, "buffer"):
+            return stream
+        stream.flush()
+        stream = io.TextIOWrapper(stream.buffer, encoding=stream.encoding, errors="replace",
+                                  line_buffering=stream.line_buffering)
+    except (ValueError, io.UnsupportedOperation):
+        pass  # a stream that cannot change: glyphs are checked anyway
     return stream
 
 
@@ -5275,7 +5307,7 @@ def main(argv=None):
     # Handlers first, so a signal during start-up ends as quietly as one later on; ours go
     # in before initscr, so curses installs none of its own for SIGTERM.
     install_signal_handlers()
-    stream = tolerant(sys.stdout)
+    stream = sys.stdout = tolerant(sys.stdout)  # the summary box writes there too
     status = EXIT_OK
     try:
         run_command(sys.argv[1:] if argv is None else argv, stream)

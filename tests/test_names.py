@@ -1,0 +1,116 @@
+"""Names and values a user types, read as hostile input.
+
+Failure modes covered here (the terminal and signal ones are in tests/test_hostile.py):
+
+- Escape injection through a model name: ESC sequences (clear screen, set the window title),
+  BEL, newlines that forge log lines, carriage returns, DEL, C1 controls and bidirectional
+  overrides went out raw in the plain log, checkpoint paths and the launch command of the next
+  run. Now every character a terminal acts on is shown escaped (`\\x1b`, `\\n`), in every style.
+- Python 3.6 with a stdout that cannot encode the name (PYTHONIOENCODING=ascii, LANG=C): a
+  UnicodeEncodeError traceback, where 3.7+ replaced the characters. Now both replace them.
+- Option values read by different rules: --exit-after and --speed took surrounding blanks, a
+  trailing newline, underscores and other scripts' digits that --gpus, --seed and --runs
+  refuse; a 5,000-digit --seed gave a 5,000-character line naming an internal function. Now
+  every value is ASCII digits in the documented form, and an error is one short line.
+"""
+
+import os
+import re
+
+import pytest
+
+from conftest import run_cli
+
+PYENV = os.path.expanduser("~/.pyenv/versions")
+STYLES = ("classic", "hf", "lightning", "deepspeed", "megatron", "torchtitan")
+OLDEST_AND_NEWEST = [None] + [
+    path for path in (os.path.join(PYENV, "3.6.15", "bin", "python3"),
+                      os.path.join(PYENV, "3.13.0", "bin", "python3")) if os.path.exists(path)]
+
+
+def ran(*args, **kwargs):
+    python = kwargs.pop("python", None)
+    if python:
+        kwargs["python"] = python
+    return run_cli(*args, **kwargs)
+
+
+# --- escape injection ---------------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    "evil\x1b[2J\x1b]0;PWNED\x07-7B",
+    "two\nlines-7B",
+    "back\rto-start-7B",
+    "c1\x9b31m\x85-7B",
+    "rtl\u202eB7-lave-7B",
+    "del\x7f\x01-7B",
+]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_control_characters_in_a_name_are_shown_escaped(style, name):
+    hostile = ran("--plain", "--instant", "--runs", "2", "--seed", "7", "--color", "never",
+                  "--style", style, "--model", name)
+    tame = ran("--plain", "--instant", "--runs", "2", "--seed", "7", "--color", "never",
+               "--style", style, "--model", "tame-7B")
+    assert hostile.returncode == tame.returncode == 0, hostile.stderr
+    acted_on = re.findall("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]",
+                          hostile.stdout + hostile.stderr)
+    assert acted_on == []
+    assert hostile.stdout.count("\n") == tame.stdout.count("\n")  # no forged lines
+    assert "\\x1b" in hostile.stdout or "\\n" in hostile.stdout or "\\x" in hostile.stdout \
+        or "\\r" in hostile.stdout or "\\u202e" in hostile.stdout
+
+
+def test_an_escaped_name_keeps_its_colour_codes_apart():
+    done = ran("--plain", "--instant", "--runs", "1", "--seed", "3", "--color", "always",
+               "--model", "evil\x1b]0;PWNED\x07-7B")
+    assert done.returncode == 0
+    escapes = re.findall("\x1b[^m]*m?", done.stdout)
+    assert escapes and all(re.match(r"^\x1b\[[0-9;]*m$", e) for e in escapes)
+    assert "\x07" not in done.stdout
+
+
+# --- encodings ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
+@pytest.mark.parametrize("style", STYLES)
+def test_a_name_the_output_cannot_encode_is_replaced_on_every_python(python, style):
+    for name in ("\u901a\u4e49\u5343\u95ee-72B", "\u041c\u043e\u0434\u0435\u043b\u044c-7B"):
+        done = ran("--plain", "--instant", "--runs", "1", "--seed", "4", "--style", style,
+                   "--model", name, python=python,
+                   env={"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": None},
+                   )
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        assert all(ord(c) < 128 for c in done.stdout)  # replaced, not sent raw
+
+
+# --- option values ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
+@pytest.mark.parametrize("argv", [
+    ["--exit-after", " 5s"], ["--exit-after", "5s\n"], ["--exit-after", "\u0665s"],
+    ["--exit-after", "5s "], ["--started-ago", " 2m"], ["--started-ago", "\u0662m"],
+    ["--speed", "1_000"], ["--speed", " 1e6 "], ["--speed", "\u0663"], ["--speed", "inf"],
+    ["--speed", "nan"], ["--speed", "1e999"],
+    ["--seed", "9" * 5000], ["--gpus", "9" * 5000], ["--runs", "9" * 5000],
+    ["--exit-after", "9" * 5000], ["--speed", "9" * 5000 + "x"],
+    ["--model", "x" * 5000], ["--style", "x" * 5000],
+])
+def test_every_value_is_read_by_the_same_rules_and_errors_stay_short(python, argv):
+    done = ran(*(argv + ["--instant", "--runs", "1"]), python=python)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(lines) == 1 and len(lines[0]) <= 200, lines
+    assert lines[0].startswith("llmtrain: error: argument %s" % argv[0])
+    assert "_value" not in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--speed", "2.5"], ["--speed", "1e3"], ["--speed", ".5"],
+                                  ["--exit-after", "1h30m"], ["--exit-after", "90"],
+                                  ["--exit-after", "1.5s"]])
+def test_the_documented_forms_still_read(argv):
+    done = ran(*(argv + ["--instant", "--runs", "1", "--plain"]))
+    assert done.returncode == 0, done.stderr
