@@ -69,6 +69,7 @@ import sys
 import textwrap
 import threading
 import time
+import unicodedata
 
 __version__ = "1.0.0"
 
@@ -167,6 +168,41 @@ UNICODE_GLYPHS = {"full": "█", "empty": "░", "partial": " ▏▎▍▌▋▊
 ASCII_GLYPHS = {"full": "#", "empty": "-", "partial": " .:=", "spark": " .-=+*#%@",
                 "hline": "-", "vline": "|", "corners": "++++", "val": "o",
                 "tqdm": " 123456789#"}
+
+#: Text whose width may differ from its length; ASCII (nearly every line) is counted by len().
+NOT_ASCII = re.compile("[^\x00-\x7f]")
+
+
+def char_cells(char):
+    """Terminal columns of one character: East Asian wide and fullwidth take two, combining
+    marks and zero-width characters none (Unicode Standard Annex #11)."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def cells(text):
+    """Terminal columns of a text."""
+    if not NOT_ASCII.search(text):
+        return len(text)
+    return sum(char_cells(char) for char in text)
+
+
+def clip_cells(text, width):
+    """The longest start of `text` that takes at most `width` columns."""
+    if not NOT_ASCII.search(text):
+        return text[:width]
+    used = 0
+    for index, char in enumerate(text):
+        used += char_cells(char)
+        if used > width:
+            return text[:index]
+    return text
+
+
+def pad_cells(text, width):
+    """`text` padded with spaces to `width` columns (str.ljust counts characters)."""
+    return text + " " * max(0, width - cells(text))
 
 #: ANSI SGR colours per line kind: timestamps magenta, phases cyan, warnings yellow,
 #: errors red, good news green (the reference palette).
@@ -2368,14 +2404,14 @@ def summary_box(sc, state, glyphs):
         "Final PPL: %.2f" % math.exp(float(final_loss)),
         "Checkpoints: %d saved" % state.checkpoints,
     ]
-    width = max(len(r) for r in rows) + 4
+    width = max(cells(r) for r in rows) + 4
     top_left, top_right, bottom_left, bottom_right = glyphs["corners"]
     title = " Training complete "
     left = (width - len(title)) // 2
     out = [top_left + glyphs["hline"] * left + title + glyphs["hline"] * (
         width - left - len(title)) + top_right]
     for row in rows:
-        out.append(glyphs["vline"] + "  " + row.ljust(width - 2) + glyphs["vline"])
+        out.append(glyphs["vline"] + "  " + pad_cells(row, width - 2) + glyphs["vline"])
     out.append(bottom_left + glyphs["hline"] * width + bottom_right)
     return out
 
@@ -3943,15 +3979,15 @@ Layout = collections.namedtuple(
 
 
 def clip_row(segments, width):
-    """The row cut to `width` characters, without empty segments."""
+    """The row cut to `width` columns, without empty segments."""
     out = []
     room = width
     for text, style in segments:
         if room <= 0:
             break
         if text:
-            out.append((text[:room], style))
-            room -= len(out[-1][0])
+            out.append((clip_cells(text, room), style))
+            room -= cells(out[-1][0])
     return out
 
 
@@ -3973,7 +4009,7 @@ def header_lines(state, width, run_clock, glyphs):
              (sc.model.name, "bold"),
              ("  %s  %s" % (method_title(sc), sc.cluster_name), None)]
     hint = "q quits "
-    room = width - len(row_text(title)) - len(hint)
+    room = width - cells(row_text(title)) - len(hint)
     if room >= 2:
         title += [(" " * room, None), (hint, "dim")]
     eta = state.eta_at(run_clock)
@@ -4509,7 +4545,8 @@ class DashboardRenderer:
         if room <= 0:
             return
         try:
-            self.scr.addnstr(y, x, text, room, attr)
+            text = clip_cells(text, room)
+            self.scr.addnstr(y, x, text, len(text), attr)
         except self.curses.error:
             pass
 
@@ -4518,7 +4555,7 @@ class DashboardRenderer:
         x = 0
         for text, style in segments:
             self.put(y, x, text, self.styles.get(style, 0))
-            x += len(text)
+            x += cells(text)
         if x < self.size[1]:
             try:
                 self.scr.move(y, x)

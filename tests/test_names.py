@@ -8,6 +8,9 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
   run. Now every character a terminal acts on is shown escaped (`\\x1b`, `\\n`), in every style.
 - Python 3.6 with a stdout that cannot encode the name (PYTHONIOENCODING=ascii, LANG=C): a
   UnicodeEncodeError traceback, where 3.7+ replaced the characters. Now both replace them.
+- Wide characters: a name in CJK ideographs cut the dashboard's header short and pushed the
+  summary box's right border out, since widths were counted in characters, not terminal
+  columns (East Asian wide = 2, combining marks = 0). Now layout counts columns.
 - Option values read by different rules: --exit-after and --speed took surrounding blanks, a
   trailing newline, underscores and other scripts' digits that --gpus, --seed and --runs
   refuse; a 5,000-digit --seed gave a 5,000-character line naming an internal function. Now
@@ -16,10 +19,13 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
 
 import os
 import re
+import shutil
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import load_llmtrain, run_cli
+from test_dashboard import Tmux, regions_drawn
 
 PYENV = os.path.expanduser("~/.pyenv/versions")
 STYLES = ("classic", "hf", "lightning", "deepspeed", "megatron", "torchtitan")
@@ -114,3 +120,40 @@ def test_every_value_is_read_by_the_same_rules_and_errors_stay_short(python, arg
 def test_the_documented_forms_still_read(argv):
     done = ran(*(argv + ["--instant", "--runs", "1", "--plain"]))
     assert done.returncode == 0, done.stderr
+
+
+# --- wide characters ----------------------------------------------------------------------
+
+WIDE = "\u901a\u4e49\u5343\u95ee\u8d85\u7ea7\u5927\u6a21\u578b-72B"
+
+
+@pytest.mark.parametrize("name", [WIDE, "e\u0301cole-7B", "plain-7B", "\uff21\uff22-7B"])
+def test_the_summary_box_is_aligned_in_terminal_columns(name):
+    lt = load_llmtrain()
+    done = ran("--plain", "--instant", "--runs", "1", "--seed", "3", "--color", "never",
+               "--model", name)
+    box = [line for line in done.stdout.splitlines() if line[:1] in ("\u250c", "\u2502", "\u2514")]
+    assert len(box) >= 5 and any(name in line for line in box)
+    assert len({lt.cells(line) for line in box}) == 1, box
+
+
+def test_cells_counts_wide_combining_and_ascii():
+    lt = load_llmtrain()
+    assert lt.cells("abc") == 3 and lt.cells("\u901a\u4e49") == 4
+    assert lt.cells("e\u0301") == 1 and lt.cells("\uff21") == 2
+    assert lt.clip_cells("\u901a\u4e49\u5343", 5) == "\u901a\u4e49"
+    assert lt.clip_row([("ab", None), ("\u901a\u4e49", "bold")], 4) == [
+        ("ab", None), ("\u901a", "bold")]
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed")
+def test_the_dashboard_header_shows_a_wide_name_whole(tmp_path):
+    pane = Tmux(tmp_path, ["--seed", "3", "--speed", "5", "--model", WIDE], cols=120, rows=40,
+                env="LANG=C.UTF-8")
+    try:
+        pane.wait_for(lambda ls: regions_drawn(ls, 120), what="first frame")
+        header = [line for line in pane.screen() if line.startswith(" llmtrain ")][0]
+        assert WIDE in header, header
+        assert header.rstrip().endswith("q quits"), header
+    finally:
+        pane.close()
