@@ -2238,12 +2238,16 @@ def fmt_params(count):
 
 
 def software_stack(sc):
-    """One coherent set of versions for the whole run."""
+    """One coherent set of versions for the whole run. Blackwell needs what first supported
+    it: driver 570, CUDA 12.8, PyTorch 2.7's cu128 wheels, NCCL 2.26 (their release notes)."""
     if sc.gpu.vendor == "amd":
         return {"torch": "2.5.1+rocm6.2", "collective": "RCCL", "nccl": "2.20.5", "cuda": "6.2",
-                "runtime": "ROCm"}
+                "runtime": "ROCm", "driver": None, "deepspeed": "0.16.5"}
+    if sc.gpu.key == "b200":
+        return {"torch": "2.7.1+cu128", "collective": "NCCL", "nccl": "2.26.2", "cuda": "12.8",
+                "runtime": "CUDA", "driver": "570.133.20", "deepspeed": "0.17.5"}
     return {"torch": "2.5.1+cu124", "collective": "NCCL", "nccl": "2.21.5", "cuda": "12.4",
-            "runtime": "CUDA"}
+            "runtime": "CUDA", "driver": "550.90.07", "deepspeed": "0.16.5"}
 
 
 def strategy_title(sc):
@@ -2768,8 +2772,6 @@ class ClassicVoice(Voice):
 BUS_IDS = {"a100": ["07000", "0f000", "47000", "4e000", "87000", "90000", "b7000", "bd000"],
            "hopper": ["18000", "2a000", "3a000", "5d000", "9a000", "ab000", "ba000", "db000"],
            "amd": ["05000", "26000", "46000", "65000", "85000", "a6000", "c6000", "e5000"]}
-#: The driver that goes with CUDA 12.4 in the software stack.
-NVIDIA_DRIVER = "550.90.07"
 
 
 def bus_id(sc, local):
@@ -2842,11 +2844,12 @@ class FrameworkVoice(Voice):
         sc = self.sc
         if sc.gpu.vendor != "nvidia":
             return []
+        stack = software_stack(sc)
         rule = "+" + "-" * 89 + "+"
         cells = "|" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+"
         lines = [slot("smi") + " " * 7, rule,
                  "| NVIDIA-SMI %-23sDriver Version: %-15sCUDA Version: %-9s|" % (
-                     NVIDIA_DRIVER, NVIDIA_DRIVER, software_stack(sc)["cuda"]),
+                     stack["driver"], stack["driver"], stack["cuda"]),
                  cells,
                  "| GPU  Name                 Persistence-M | Bus-Id          Disp.A "
                  "| Volatile Uncorr. ECC |",
@@ -3395,7 +3398,7 @@ def zero_stage(sc):
 
 
 class DeepSpeedVoice(FrameworkVoice):
-    """DeepSpeed 0.16.5: `[time] [INFO] [file:line:func]`, log_dist at logging.py:128."""
+    """DeepSpeed 0.16: `[time] [INFO] [file:line:func]`, log_dist at logging.py:128."""
 
     name = "deepspeed"
 
@@ -3469,7 +3472,8 @@ class DeepSpeedVoice(FrameworkVoice):
         stage = zero_stage(sc)
         dtype = "torch.bfloat16" if sc.precision == "bf16" else "torch.float16"
         reserved = sc.memory_gib - optimizer_gib(sc) - RUNTIME_OVERHEAD_GIB
-        lines = [self.dist("DeepSpeed info: version=0.16.5, git-hash=unknown, git-branch=unknown"),
+        lines = [self.dist("DeepSpeed info: version=%s, git-hash=unknown, git-branch=unknown"
+                           % software_stack(sc)["deepspeed"]),
                  self.dist("DeepSpeed Flops Profiler Enabled: False"),
                  self.dist("DeepSpeed Basic Optimizer = AdamW"),
                  self.dist("Creating %s ZeRO stage %d optimizer" % (dtype, stage))]
@@ -3943,9 +3947,9 @@ def launch_command(style, sc):
 STYLES = collections.OrderedDict((voice.name, voice) for voice in [
     ClassicVoice, HFVoice, LightningVoice, DeepSpeedVoice, MegatronVoice, TorchtitanVoice])
 STYLE_TITLES = {"classic": "llmtrain's own tagged log (the default)",
-                "hf": "Hugging Face transformers 4.46 Trainer",
-                "lightning": "PyTorch Lightning 2.4",
-                "deepspeed": "DeepSpeed 0.16.5 engine",
+                "hf": "Hugging Face transformers Trainer",
+                "lightning": "PyTorch Lightning",
+                "deepspeed": "DeepSpeed engine",
                 "megatron": "Megatron-LM (its training loop)",
                 "torchtitan": "torchtitan (PyTorch native)",
                 "random": "one of the framework styles, picked from the run's seed"}

@@ -223,3 +223,23 @@ def test_a_resumed_pretraining_window_shows_its_cooldown():
         assert sum(losses[:tenth]) / tenth - sum(losses[-tenth:]) / tenth >= 0.08, seed
         checked += 1
     assert checked >= 30
+
+
+#: What each GPU generation runs on: Blackwell needs driver 570+, CUDA 12.8+, PyTorch 2.7+
+#: (cu128 wheels) and NCCL 2.26+; Hopper and Ampere clusters keep the CUDA 12.4 stack.
+BLACKWELL_STACK = ("2.7.1+cu128", "NCCL 2.26.2", "570.133.20", "CUDA Version: 12.8",
+                   "version=0.17.5")
+HOPPER_STACK = ("2.5.1+cu124", "2.21.5", "550.90.07", "CUDA Version: 12.4", "version=0.16.5")
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("gpu, own, other", [("b200", BLACKWELL_STACK, HOPPER_STACK),
+                                             ("h100", HOPPER_STACK, BLACKWELL_STACK)])
+def test_each_gpu_generation_runs_its_own_software_stack(style, gpu, own, other):
+    shown = set()
+    for seed in (1, 2, 3):
+        out = run_cli("--plain", "--instant", "--runs", "1", "--color", "never", "--seed", seed,
+                      "--gpu", gpu, "--style", style).stdout
+        assert not [version for version in other if version in out], (seed, style)
+        shown.update(version for version in own if version in out)
+    assert shown, "no version of the stack shown in %s on %s" % (style, gpu)
