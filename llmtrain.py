@@ -287,6 +287,15 @@ MODELS = [
 #: 8 x H100), or the final stretch of a long pretraining job resumed from its checkpoint.
 JOB_KINDS = ["sft"] * 64 + ["speedrun"] * 23 + ["pretrain"] * 13
 #: The models each kind draws from; a name listed twice is drawn twice as often.
+#: Tokenizers whose vocabulary is smaller than the embedding it is padded into: GPT-NeoX's
+#: tokenizer.json holds 50,277 tokens (embedding 50,432), Qwen2's 151,665 (151,936 / 152,064).
+TOKENIZER_SIZES = {"GPT-NeoX BPE": 50277, "Qwen2 BPE": 151665}
+
+
+def tokenizer_size(model):
+    return TOKENIZER_SIZES.get(model.tokenizer, model.vocab)
+
+
 KIND_MODELS = {
     "sft": ["Llama-3.1-8B"] * 4 + ["Qwen2.5-7B"] * 3 + ["Mistral-7B-v0.1", "Gemma-2-9B",
                                                          "Llama-3.1-70B", "Qwen2.5-72B"] * 2
@@ -2573,7 +2582,7 @@ class ClassicVoice(Voice):
                 fmt_int(adapters), 100.0 * adapters / model.params, fmt_params(model.params)),
                 tag=tag))
         lines.append(line("Tokenizer: %s, vocab size %s" % (
-            model.tokenizer, fmt_int(model.vocab)), tag=tag))
+            model.tokenizer, fmt_int(tokenizer_size(model))), tag=tag))
         return lines
 
     def data_lines(self):
@@ -3653,7 +3662,7 @@ class MegatronVoice(FrameworkVoice):
         lines += ["-------------------- end of arguments ---------------------",
                   "> building %s tokenizer ..." % args["tokenizer_type"],
                   " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
-                      model.vocab, args["padded_vocab_size"] - model.vocab,
+                      tokenizer_size(model), args["padded_vocab_size"] - tokenizer_size(model),
                       args["padded_vocab_size"]),
                   "> initializing torch distributed ..."]
         return (self.smi_lines() + self.torchrun_lines() + [line(text) for text in lines]

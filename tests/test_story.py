@@ -243,3 +243,18 @@ def test_each_gpu_generation_runs_its_own_software_stack(style, gpu, own, other)
         assert not [version for version in other if version in out], (seed, style)
         shown.update(version for version in own if version in out)
     assert shown, "no version of the stack shown in %s on %s" % (style, gpu)
+
+
+@pytest.mark.parametrize("model, tokens", [("GPT-NeoX-20B", 50277), ("Qwen2.5-7B", 151665),
+                                           ("Llama-3.1-8B", 128256)])
+def test_a_tokenizer_is_its_vocabulary_not_the_padded_embedding(model, tokens):
+    """GPT-NeoX's and Qwen2's tokenizer.json hold fewer tokens than their embeddings."""
+    classic = run_cli("--plain", "--instant", "--runs", "1", "--seed", "3", "--model", model,
+                      "--gpus", "64", "--color", "never").stdout
+    assert "vocab size {:,}".format(tokens) in classic
+    megatron = run_cli("--plain", "--instant", "--runs", "1", "--seed", "3", "--model", model,
+                       "--gpus", "64", "--style", "megatron", "--color", "never").stdout
+    padded = re.search(r"padded vocab \(size: (\d+)\) with (\d+) dummy tokens \(new size: "
+                       r"(\d+)\)", megatron)
+    assert padded and int(padded.group(1)) == tokens
+    assert int(padded.group(1)) + int(padded.group(2)) == int(padded.group(3))
