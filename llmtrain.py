@@ -3635,7 +3635,7 @@ class MegatronVoice(FrameworkVoice):
         model = sc.model
         args = {"bf16": sc.precision == "bf16", "fp16": sc.precision == "fp16",
                 "clip_grad": 1.0, "data_parallel_size": sc.dp,
-                "eval_interval": sc.eval_every, "eval_iters": 10,
+                "eval_interval": sc.eval_interval, "eval_iters": 10,
                 "ffn_hidden_size": model.ffn, "global_batch_size": sc.global_batch,
                 "hidden_size": model.hidden, "log_interval": sc.log_every,
                 "log_throughput": True, "lr": sc.peak_lr,
@@ -3645,13 +3645,17 @@ class MegatronVoice(FrameworkVoice):
                 "num_query_groups": model.kv_heads,
                 "padded_vocab_size": padded_vocab(model.vocab, sc.tp),
                 "pipeline_model_parallel_size": sc.pp,
-                "save": sc.checkpoint_dir(1), "save_interval": sc.eval_every,
+                "save": sc.checkpoint_dir(1), "save_interval": sc.save_interval,
                 "seed": 1234, "seq_length": sc.seq_len,
                 "tensor_model_parallel_size": sc.tp,
                 "tokenizer_type": MEGATRON_TOKENIZERS.get(model.tokenizer,
                                                           "HuggingFaceTokenizer"),
                 "train_iters": sc.total_steps, "use_distributed_optimizer": True,
                 "world_size": sc.gpus}
+        if sc.schedule == "wsd":
+            # Megatron-LM's WSD: --lr-decay-style WSD with the cooldown's length and shape.
+            args.update(lr_decay_style="WSD", lr_wsd_decay_iters=sc.decay_steps,
+                        lr_wsd_decay_style="linear")
         lines = ["------------------------ arguments ------------------------"]
         for name in sorted(args, key=str.lower):
             value = args[name]

@@ -258,3 +258,22 @@ def test_a_tokenizer_is_its_vocabulary_not_the_padded_embedding(model, tokens):
                        r"(\d+)\)", megatron)
     assert padded and int(padded.group(1)) == tokens
     assert int(padded.group(1)) + int(padded.group(2)) == int(padded.group(3))
+
+
+@pytest.mark.parametrize("seed", [20, 26, 37, 1, 6])
+def test_megatrons_arguments_are_sorted_and_are_the_jobs_own(seed):
+    out = run_cli("--plain", "--instant", "--runs", "1", "--seed", seed, "--style", "megatron",
+                  "--color", "never").stdout
+    block = out.split("-- arguments --")[1].split("-- end of arguments --")[0]
+    args = dict(re.findall(r"^  (\w+) \.+ (\S+)$", block, re.MULTILINE))
+    assert list(args) == sorted(args, key=str.lower)
+    sc = lt.build_scenario(seed, *lt.Request(None, None, None, "some", "megatron", None))
+    assert int(args["eval_interval"]) == sc.eval_interval
+    assert int(args["save_interval"]) == sc.save_interval
+    assert int(args["train_iters"]) == sc.total_steps
+    assert "iteration %8d/%8d |" % (sc.total_steps, sc.total_steps) in out
+    if sc.kind == "pretrain":
+        assert int(args["eval_interval"]) >= 500  # a long job evaluates every 500+ steps
+    if sc.schedule == "wsd":
+        assert args["lr_decay_style"] == "WSD"
+        assert int(args["lr_wsd_decay_iters"]) == sc.decay_steps
