@@ -3279,8 +3279,10 @@ class LightningVoice(FrameworkVoice):
             "Using %s Automatic Mixed Precision (AMP)" % precision,
             "GPU available: True (cuda), used: True",
             "TPU available: False, using: 0 TPU cores",
-            "HPU available: False, using: 0 HPUs",
-            "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/%d" % sc.gpus,
+            "HPU available: False, using: 0 HPUs"] + [
+            # Each process of this node logs its own (lightning_fabric's _init_dist_connection).
+            "Initializing distributed: GLOBAL_RANK: %d, MEMBER: %d/%d" % (rank, rank + 1, sc.gpus)
+            for rank in range(sc.per_node)] + [
             rule, "distributed_backend=nccl",
             "All distributed processes registered. Starting with %d processes" % sc.gpus,
             rule, ""]]

@@ -277,3 +277,14 @@ def test_megatrons_arguments_are_sorted_and_are_the_jobs_own(seed):
     if sc.schedule == "wsd":
         assert args["lr_decay_style"] == "WSD"
         assert int(args["lr_wsd_decay_iters"]) == sc.decay_steps
+
+
+@pytest.mark.parametrize("gpus", [1, 4, 16])
+def test_lightning_logs_distributed_init_once_per_process_of_the_node(gpus):
+    out = run_cli("--plain", "--instant", "--runs", "1", "--seed", "3", "--gpus", gpus,
+                  "--style", "lightning", "--color", "never").stdout
+    ranks = re.findall(r"^Initializing distributed: GLOBAL_RANK: (\d+), MEMBER: (\d+)/(\d+)$",
+                       out, re.MULTILINE)
+    assert [int(rank) for rank, _, _ in ranks] == list(range(min(gpus, 8)))
+    assert all(int(member) == int(rank) + 1 and int(world) == gpus
+               for rank, member, world in ranks)

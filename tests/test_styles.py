@@ -151,8 +151,10 @@ def test_every_framework_starts_as_torchrun_and_nccl_do(lt, style):
             assert int(reading.group(2)) <= sc.gpu.power_cap
         table = [t for t in out if t.startswith(("|", "+"))]
         assert all(len(t) == 91 for t in table)
-        assert re.match(r"^\| NVIDIA-SMI 550\.\d+\.\d+ +Driver Version: 550\.\d+\.\d+ +"
-                        r"CUDA Version: 12\.4 +\|$", table[1])
+        # Blackwell needs driver 570 and CUDA 12.8; the rest run the 550 / 12.4 stack.
+        driver, cuda = ("570", "12\\.8") if sc.gpu.key == "b200" else ("550", "12\\.4")
+        assert re.match(r"^\| NVIDIA-SMI %s\.\d+\.\d+ +Driver Version: %s\.\d+\.\d+ +"
+                        r"CUDA Version: %s +\|$" % (driver, driver, cuda), table[1])
 
 
 def test_framework_lines_carry_their_own_prefix_and_no_tag(lt):
