@@ -19,11 +19,11 @@ PYTEST_ARGS = -q -p no:cacheprovider tests
 
 test:
 	@if $(PYTHON) -c 'import pytest' 2>/dev/null; then \
-	    echo "$(PYTHON) -m pytest $(PYTEST_ARGS)"; $(PYTHON) -m pytest $(PYTEST_ARGS); \
+	    echo "$(PYTHON) -B -m pytest $(PYTEST_ARGS)"; $(PYTHON) -B -m pytest $(PYTEST_ARGS); \
 	else \
 	    $(MAKE) --no-print-directory $(TESTENV)/ready && \
-	    echo "$(TESTENV)/bin/python -m pytest $(PYTEST_ARGS)" && \
-	    $(TESTENV)/bin/python -m pytest $(PYTEST_ARGS); \
+	    echo "$(TESTENV)/bin/python -B -m pytest $(PYTEST_ARGS)" && \
+	    $(TESTENV)/bin/python -B -m pytest $(PYTEST_ARGS); \
 	fi
 
 # pytest is the suite's only need; with no package index in reach, say what to install.
