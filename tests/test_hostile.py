@@ -52,7 +52,7 @@ import pytest
 
 from conftest import run_cli
 from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
-from test_dashboard import Tmux, assert_restored, regions_drawn
+from test_dashboard import Tmux, assert_restored, regions_drawn, tmux_pane  # noqa: F401 (a fixture)
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 # The oldest and the newest interpreter here, where a behaviour may differ by version.
@@ -72,21 +72,6 @@ def pty_run():
     yield start
     for run in runs:
         run.close()
-
-
-@pytest.fixture
-def tmux_pane(tmp_path):
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    panes = []
-
-    def start(*args, **kwargs):
-        pane = Tmux(tmp_path, list(args), **kwargs)
-        panes.append(pane)
-        return pane
-    yield start
-    for pane in panes:
-        pane.close()
 
 
 def log_region(lines):
