@@ -42,17 +42,15 @@ Every wait is on a condition with a deadline; nothing sleeps to make a test pass
 import glob
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from conftest import run_cli
-from ptyrun import ENTER_ALT, LEAVE_ALT, PtyRun
-from test_dashboard import Tmux, assert_restored, regions_drawn, tmux_pane  # noqa: F401 (a fixture)
+from ptyrun import ENTER_ALT, PtyRun
+from test_dashboard import assert_restored, regions_drawn, tmux_pane  # noqa: F401 (a fixture)
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 # The oldest and the newest interpreter here, where a behaviour may differ by version.

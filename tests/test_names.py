@@ -20,7 +20,6 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
 import os
 import re
 import shutil
-import sys
 
 import pytest
 
