@@ -112,6 +112,8 @@ STALL_SECONDS = 1.0
 MAX_BACKLOG_SECONDS = 24 * 3600
 #: An error line stays one short line, whatever value was pasted.
 MAX_ERROR_CHARS = 160
+#: A value in an error line is shown up to this many characters, then elided.
+MAX_VALUE_CHARS = 24
 
 #: Bus bandwidth per GPU in a ring collective (GB/s): NVLink or Infinity Fabric inside a
 #: node; one 400 Gb/s InfiniBand rail per GPU across nodes (200 Gb/s on A100 systems).
@@ -424,10 +426,10 @@ def find_model(name):
             return model
     size = parse_size(name)
     if size is None:
-        raise ScenarioError("unknown model %r: give a listed name (--list-models) or a size "
+        raise ScenarioError("unknown model '%s': give a listed name (--list-models) or a size "
                             "in the name, e.g. acme-13B" % name)
     if size < 50e6 or size > 2e12:
-        raise ScenarioError("model %r: a size from 50M to 2000B parameters, please" % name)
+        raise ScenarioError("model '%s': a size from 50M to 2000B parameters, please" % name)
     return synth_model(name, size, funny=name in FUNNY_MODEL_NAMES)
 
 
@@ -5029,18 +5031,12 @@ class ManualFormatter(argparse.HelpFormatter):
                             for paragraph in text.split("\n\n"))
 
 
-class UsageParser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit status 2."""
-
-    def error(self, message):
-        if len(message) > MAX_ERROR_CHARS:  # a value pasted by mistake stays off the line
-            message = message[:MAX_ERROR_CHARS - 3] + "..."
-        self.exit(EXIT_USAGE, "%s: error: %s (see --help)\n" % (self.prog, message))
-
-
 #: Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, line and paragraph
 #: separators, and the bidirectional marks, embeddings, overrides and isolates of Unicode.
 UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+#: A word of an error line longer than MAX_VALUE_CHARS (quotes around a value stay).
+LONG_VALUE = re.compile("([^\\s'\"]{%d})[^\\s'\"]{4,}" % (MAX_VALUE_CHARS - 3))
 
 
 def visible(text):
@@ -5050,18 +5046,24 @@ def visible(text):
                           text)
 
 
-def quoted(text):
-    """A value as an error line shows it: repr, cut short."""
-    return repr(text) if len(text) <= 24 else repr(text[:20]) + "..."
+class UsageParser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 2."""
+
+    def error(self, message):
+        # argparse quotes a bad value with repr, but repeats unrecognized arguments raw.
+        message = LONG_VALUE.sub(r"\1...", visible(message))
+        if len(message) > MAX_ERROR_CHARS:  # a value pasted by mistake stays off the line
+            message = message[:MAX_ERROR_CHARS - 3] + "..."
+        self.exit(EXIT_USAGE, "%s: error: %s (see --help)\n" % (self.prog, message))
 
 
 def whole_number(text):
     """ASCII digits only: int() would also take ' 5', '1_000' and other scripts' digits (and
     refuses more than 4,300 of them from 3.10.7 on)."""
     if not re.match(r"^[0-9]+\Z", text):
-        raise argparse.ArgumentTypeError("%s is not a whole number" % quoted(text))
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text)
     if len(text) > 24:
-        raise argparse.ArgumentTypeError("%s is too long" % quoted(text))
+        raise argparse.ArgumentTypeError("%r is too long" % text)
     return int(text)
 
 
@@ -5087,21 +5089,21 @@ def seed_value(text):
 def speed_value(text):
     # float() would also take ' 1e6 ', '1_000', 'inf' and other scripts' digits.
     if not re.match(r"^[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\Z|^\.[0-9]+\Z", text):
-        raise argparse.ArgumentTypeError("%s is not a number" % quoted(text))
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("%s must be a finite number > 0" % quoted(text))
+        raise argparse.ArgumentTypeError("%r must be a finite number > 0" % text)
     return value
 
 
 def duration_value(text):
     """90, 90s, 5m, 1h30m, 1h30m15s -> seconds."""
     if len(text) > 20:
-        raise argparse.ArgumentTypeError("%s is too long to be a duration" % quoted(text))
+        raise argparse.ArgumentTypeError("%r is too long to be a duration" % text)
     match = re.match(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+(?:\.[0-9]+)?)s?)?\Z", text)
     if not text or not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError("%s is not a duration like 90s, 5m or 1h30m"
-                                         % quoted(text))
+        raise argparse.ArgumentTypeError("%r is not a duration like 90s, 5m or 1h30m"
+                                         % text)
     hours, minutes, seconds = match.groups()
     if ((hours and minutes and int(minutes) >= 60)
             or ((hours or minutes) and seconds and float(seconds) >= 60)):

@@ -14,7 +14,8 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
 - Option values read by different rules: --exit-after and --speed took surrounding blanks, a
   trailing newline, underscores and other scripts' digits that --gpus, --seed and --runs
   refuse; a 5,000-digit --seed gave a 5,000-character line naming an internal function. Now
-  every value is ASCII digits in the documented form, and an error is one short line.
+  every value is ASCII digits in the documented form, and an error is one short line naming
+  the option, with any pasted value elided.
 """
 
 import os
@@ -99,18 +100,29 @@ def test_a_name_the_output_cannot_encode_is_replaced_on_every_python(python, sty
     ["--exit-after", " 5s"], ["--exit-after", "5s\n"], ["--exit-after", "\u0665s"],
     ["--exit-after", "5s "], ["--started-ago", " 2m"], ["--started-ago", "\u0662m"],
     ["--speed", "1_000"], ["--speed", " 1e6 "], ["--speed", "\u0663"], ["--speed", "inf"],
-    ["--speed", "nan"], ["--speed", "1e999"],
+    ["--speed", "nan"], ["--speed", "1e999"], ["--seed", "\u0663"], ["--gpus", " 8"],
     ["--seed", "9" * 5000], ["--gpus", "9" * 5000], ["--runs", "9" * 5000],
-    ["--exit-after", "9" * 5000], ["--speed", "9" * 5000 + "x"],
-    ["--model", "x" * 5000], ["--style", "x" * 5000],
+    ["--exit-after", "9" * 5000], ["--started-ago", "9" * 5000], ["--speed", "9" * 5000 + "x"],
 ])
 def test_every_value_is_read_by_the_same_rules_and_errors_stay_short(python, argv):
     done = ran(*(argv + ["--instant", "--runs", "1"]), python=python)
     lines = done.stderr.splitlines()
     assert done.returncode == 2 and done.stdout == ""
-    assert len(lines) == 1 and len(lines[0]) <= 200, lines
-    assert lines[0].startswith("llmtrain: error: argument %s" % argv[0])
+    assert len(lines) == 1 and len(lines[0]) <= 120, lines
+    assert lines[0].startswith("llmtrain: error: argument %s: " % argv[0])
     assert "_value" not in lines[0] and "Traceback" not in done.stderr
+    assert "9" * 25 not in lines[0]  # a pasted value is elided
+
+
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
+@pytest.mark.parametrize("argv", [["--model", "x" * 5000], ["--style", "x" * 5000],
+                                  ["x" * 5000], ["--seed=" + "x" * 5000]])
+def test_a_pasted_word_is_elided_in_its_error_line(python, argv):
+    done = ran(*(argv + ["--instant", "--runs", "1"]), python=python)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and len(lines[0]) <= 200, lines
+    assert "x" * 25 not in lines[0] and "x" * 21 + "..." in lines[0]
+    assert lines[0].endswith("(see --help)")
 
 
 @pytest.mark.parametrize("argv", [["--speed", "2.5"], ["--speed", "1e3"], ["--speed", ".5"],
