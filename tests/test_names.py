@@ -4,8 +4,11 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
 
 - Escape injection through a model name: ESC sequences (clear screen, set the window title),
   BEL, newlines that forge log lines, carriage returns, DEL, C1 controls and bidirectional
-  overrides went out raw in the plain log, checkpoint paths and the launch command of the next
-  run. Now every character a terminal acts on is shown escaped (`\\x1b`, `\\n`), in every style.
+  overrides went out raw in the plain log, checkpoint paths, the launch command of the next
+  run and the summary box left on the normal screen after the dashboard (which retitled the
+  terminal), showed as ^[ in the dashboard's header, and went out raw in the error line for an
+  unrecognized argument. Now every character a terminal acts on is shown escaped (`\\x1b`,
+  `\\n`), in every style and every error line.
 - Python 3.6 with a stdout that cannot encode the name (PYTHONIOENCODING=ascii, LANG=C): a
   UnicodeEncodeError traceback, where 3.7+ replaced the characters. Now both replace them.
 - Wide characters: a name in CJK ideographs cut the dashboard's header short and pushed the
@@ -21,10 +24,12 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
 import os
 import re
 import shutil
+import sys
 
 import pytest
 
-from conftest import load_llmtrain, run_cli
+from conftest import SCRIPT, load_llmtrain, run_cli
+from ptyrun import LEAVE_ALT, PtyRun
 from test_dashboard import Tmux, regions_drawn
 
 PYENV = os.path.expanduser("~/.pyenv/versions")
@@ -51,22 +56,34 @@ HOSTILE_NAMES = [
     "rtl\u202eB7-lave-7B",
     "del\x7f\x01-7B",
 ]
+#: What a terminal acts on rather than shows, but for the newline that ends each line.
+ACTED_ON = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_control_characters_in_a_name_are_shown_escaped(style, name):
-    hostile = ran("--plain", "--instant", "--runs", "2", "--seed", "7", "--color", "never",
+@pytest.mark.parametrize("seed,name", enumerate(HOSTILE_NAMES, 5))
+def test_control_characters_in_a_name_are_shown_escaped(style, seed, name):
+    hostile = ran("--plain", "--instant", "--runs", "2", "--seed", seed, "--color", "never",
                   "--style", style, "--model", name)
-    tame = ran("--plain", "--instant", "--runs", "2", "--seed", "7", "--color", "never",
+    tame = ran("--plain", "--instant", "--runs", "2", "--seed", seed, "--color", "never",
                "--style", style, "--model", "tame-7B")
     assert hostile.returncode == tame.returncode == 0, hostile.stderr
-    acted_on = re.findall("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]",
-                          hostile.stdout + hostile.stderr)
-    assert acted_on == []
+    assert ACTED_ON.findall(hostile.stdout + hostile.stderr) == []
     assert hostile.stdout.count("\n") == tame.stdout.count("\n")  # no forged lines
-    assert "\\x1b" in hostile.stdout or "\\n" in hostile.stdout or "\\x" in hostile.stdout \
-        or "\\r" in hostile.stdout or "\\u202e" in hostile.stdout
+    shown = name.encode("unicode_escape").decode("ascii").lower()  # framework paths lowercase
+    assert shown in hostile.stdout.lower()
+
+
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
+@pytest.mark.parametrize("argv", [
+    ["--model", "evil\x1b]0;PWNED\x07"], ["--style", "\x1b[2J\x9b"], ["x\x1b]0;PWNED\x07\ny"],
+    ["--plain", "--color", "\x1b[31m"], ["--seed", "1\n2"], ["--exit-after", "5s\x07"]])
+def test_an_error_line_shows_control_characters_escaped(python, argv):
+    done = ran(*argv, python=python)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.endswith("\n"), done.stderr
+    assert ACTED_ON.findall(done.stderr) == []
+    assert re.search(r"\\(x1b|x07|x9b|n)", done.stderr), done.stderr
 
 
 def test_an_escaped_name_keeps_its_colour_codes_apart():
@@ -76,6 +93,46 @@ def test_an_escaped_name_keeps_its_colour_codes_apart():
     escapes = re.findall("\x1b[^m]*m?", done.stdout)
     assert escapes and all(re.match(r"^\x1b\[[0-9;]*m$", e) for e in escapes)
     assert "\x07" not in done.stdout
+
+
+def summary_left_on_screen(args, name):
+    """The raw bytes of a dashboard run to its end in a pty, and the summary box's lines as
+    left on the normal screen after it."""
+    run = PtyRun(args + ["--model", name], rows=40, cols=120)
+    try:
+        assert run.proc.wait(timeout=60) == 0
+        run.drain()
+        out = run.output()
+    finally:
+        run.close()
+    after = out.rsplit(LEAVE_ALT, 1)[1].decode("utf-8")
+    return out, re.findall("[\u250c\u2502\u2514][^\r\n]*[\u2510\u2502\u2518]", after)
+
+
+def test_the_summary_left_after_the_dashboard_shows_a_name_escaped():
+    out, box = summary_left_on_screen(["--seed", "3", "--instant", "--runs", "2"],
+                                      "evil\x1b[2J\x1b]0;PWNED\x07\x9b31m\n-7B")
+    assert b"PWNED\x07" not in out and b"\x1b]0;" not in out and b"\xc2\x9b" not in out
+    assert any("Model: evil\\x1b[2J\\x1b]0;PWNED\\x07\\x9b31m\\n-7B (" in line for line in box)
+    assert ACTED_ON.findall("".join(box)) == []
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed")
+def test_a_name_neither_retitles_the_pane_nor_breaks_the_header(tmp_path):
+    # printf makes the control characters, as $'...' would in bash.
+    command = ("env LANG=C.UTF-8 %s %s --seed 3 --speed 40 --runs 1 --model "
+               "\"$(printf 'evil\\033]0;PWNED\\007\\033[2J-7B')\"; echo \"[exit $?]\"" % (
+                   sys.executable, SCRIPT))
+    pane = Tmux(tmp_path, [], cols=120, rows=40, command=command)
+    try:
+        pane.wait_for(lambda ls: regions_drawn(ls, 120), what="first frame")
+        header = [line for line in pane.screen() if line.startswith(" llmtrain ")][0]
+        assert "evil\\x1b]0;PWNED\\x07\\x1b[2J-7B" in header, header
+        assert pane.exit_status(timeout=30) == "0"
+        assert any("Model: evil\\x1b]0;PWNED" in line for line in pane.screen())
+        assert "PWNED" not in pane.pane("#{pane_title}")
+    finally:
+        pane.close()
 
 
 # --- encodings ----------------------------------------------------------------------------
