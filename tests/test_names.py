@@ -150,6 +150,30 @@ def test_a_name_the_output_cannot_encode_is_replaced_on_every_python(python, sty
         assert all(ord(c) < 128 for c in done.stdout)  # replaced, not sent raw
 
 
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
+@pytest.mark.parametrize("argv", [["--model", "\u901a\u4e49\u5343\u95ee"],
+                                  ["--style", "\u041c\u043e\u0434\u0435\u043b\u044c"]])
+def test_an_error_line_the_output_cannot_encode_is_still_one_line(python, argv):
+    done = ran(*argv, python=python,
+               env={"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": None})
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("llmtrain: error: argument %s: " % argv[0])
+
+
+@pytest.mark.parametrize("python", OLDEST_AND_NEWEST[1:])
+def test_the_dashboard_with_a_name_the_output_cannot_encode_ends_cleanly(python):
+    run = PtyRun(["--seed", "3", "--instant", "--runs", "1", "--model", "\u901a\u4e49-72B"],
+                 rows=40, cols=120, python=python, env={"LANG": "C", "PYTHONIOENCODING": "ascii"})
+    try:
+        assert run.proc.wait(timeout=60) == 0
+        run.drain()
+        out = run.output()
+    finally:
+        run.close()
+    assert b"Traceback" not in out and b"Final loss:" in out.rsplit(LEAVE_ALT, 1)[1]
+
+
 # --- option values ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("python", OLDEST_AND_NEWEST)
