@@ -4219,9 +4219,13 @@ def wrap_row(segments, width, indent=2):
                 rows.append(row)
                 row = [(" " * indent, None)]
                 room = width - indent
-            row.append((text[:room], style))
-            room -= len(row[-1][0])
-            text = text[len(row[-1][0]):]
+            piece = clip_cells(text, room)
+            if not piece:  # a wide character in the last column starts the next row
+                room = 0
+                continue
+            row.append((piece, style))
+            room -= cells(piece)
+            text = text[len(piece):]
     rows.append(row)
     return rows
 

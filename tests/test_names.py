@@ -11,9 +11,11 @@ Failure modes covered here (the terminal and signal ones are in tests/test_hosti
   `\\n`), in every style and every error line.
 - Python 3.6 with a stdout that cannot encode the name (PYTHONIOENCODING=ascii, LANG=C): a
   UnicodeEncodeError traceback, where 3.7+ replaced the characters. Now both replace them.
-- Wide characters: a name in CJK ideographs cut the dashboard's header short and pushed the
-  summary box's right border out, since widths were counted in characters, not terminal
-  columns (East Asian wide = 2, combining marks = 0). Now layout counts columns.
+- Wide characters: a name in CJK ideographs cut the dashboard's header short, pushed the
+  summary box's right border out (in the plain log and on the screen the dashboard leaves)
+  and made a wrapped log line in the dashboard run past its row and lose its end, since
+  widths were counted in characters, not terminal columns (East Asian wide = 2, combining
+  marks = 0). Now layout counts columns.
 - Option values read by different rules: --exit-after and --speed took surrounding blanks, a
   trailing newline, underscores and other scripts' digits that --gpus, --seed and --runs
   refuse; a 5,000-digit --seed gave a 5,000-character line naming an internal function. Now
@@ -236,6 +238,27 @@ def test_cells_counts_wide_combining_and_ascii():
     assert lt.clip_cells("\u901a\u4e49\u5343", 5) == "\u901a\u4e49"
     assert lt.clip_row([("ab", None), ("\u901a\u4e49", "bold")], 4) == [
         ("ab", None), ("\u901a", "bold")]
+
+
+@pytest.mark.parametrize("width", [11, 12, 13, 40, 41])
+def test_a_wrapped_log_line_keeps_every_character_within_its_columns(width):
+    lt = load_llmtrain()
+    segments = [("12:00:01 ", "time"), ("[CKPT] Saving checkpoint to checkpoints/", None),
+                (WIDE.lower() + "-e\u0301cole/checkpoint-68/", "good")]
+    rows = lt.wrap_row(segments, width)
+    assert all(lt.cells(lt.row_text(row)) <= width for row in rows), rows
+    assert all(lt.cells(lt.row_text(row)) >= width - 1 for row in rows[:-1]), rows
+    shown = [lt.row_text(row)[2:] if index else lt.row_text(row)
+             for index, row in enumerate(rows)]
+    assert "".join(shown) == lt.row_text(segments)
+
+
+@pytest.mark.parametrize("name", [WIDE, "e\u0301cole-7B", "\uff21\uff22-7B", "plain-7B"])
+def test_the_summary_left_after_the_dashboard_is_aligned_in_terminal_columns(name):
+    lt = load_llmtrain()
+    _, box = summary_left_on_screen(["--seed", "3", "--instant", "--runs", "1"], name)
+    assert len(box) >= 5 and any(name in line for line in box), box
+    assert len({lt.cells(line) for line in box}) == 1, box
 
 
 @pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed")
