@@ -36,7 +36,7 @@ $(TESTENV)/ready:
 	@touch $@
 
 bench:
-	$(PYTHON) tests/bench.py
+	$(PYTHON) -B tests/bench.py
 
 # The README's picture: one frame of the real dashboard (needs tmux), drawn as SVG.
 picture:

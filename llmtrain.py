@@ -637,7 +637,10 @@ def random_stream(seed, name):
 #: a resumed fp16 checkpoint restores as its loss scale, and the allocator's slack (MB).
 Identity = collections.namedtuple(
     "Identity", "subnet launcher_pid worker_pid init_tid comm comm_id launches "
-                "loss_scale_power allocator_slack_mb")
+                "loss_scale_power allocator_slack_mb rank_pids rank_tids rank_comms")
+
+#: Local ranks a node runs at most (8 GPUs per HGX/OAM node), each a process of its own.
+MAX_LOCAL_RANKS = 8
 
 
 def draw_identity(seed, subnet=None):
@@ -649,8 +652,17 @@ def draw_identity(seed, subnet=None):
     init_tid = worker_pid + ids.randint(120, 400)
     comm = 0x550000000000 + ids.randint(0, 0xffffffffff) * 16
     comm_id = ids.getrandbits(64)
+    # torchrun starts the local ranks one after another, other processes' pids between them;
+    # each process has its own heap, so its communicator lives at an address of its own.
+    rank_pids = [worker_pid]
+    for _ in range(MAX_LOCAL_RANKS - 1):
+        rank_pids.append(rank_pids[-1] + ids.randint(1, 9))
+    rank_tids = (init_tid,) + tuple(pid + ids.randint(280, 900) for pid in rank_pids[1:])
+    rank_comms = (comm,) + tuple(0x550000000000 + ids.randint(0, 0xffffffffff) * 16
+                                 for _ in range(MAX_LOCAL_RANKS - 1))
     return Identity(subnet or (seed % 7 + 1, seed % 200), launcher_pid, worker_pid, init_tid,
-                    comm, comm_id, 1 + seed % 5, 14 + seed % 4, 2 * (seed % 256))
+                    comm, comm_id, 1 + seed % 5, 14 + seed % 4, 2 * (seed % 256),
+                    tuple(rank_pids), rank_tids, rank_comms)
 
 
 #: What a session keeps from run to run: the allocation's GPUs, its hosts and its network.
@@ -2983,9 +2995,9 @@ class FrameworkVoice(Voice):
             lines.append(self.nccl_info(
                 "ncclCommInitRank comm 0x%x rank %d nranks %d cudaDev %d nvmlDev %d busId %s "
                 "commId 0x%016x - Init COMPLETE" % (
-                    sc.identity.comm + 0x2c0 * local, local, ranks, local, local,
+                    sc.identity.rank_comms[local], local, ranks, local, local,
                     bus_id(sc, local), sc.identity.comm_id),
-                tid + 7 * local, local, sc.identity.worker_pid + local))
+                sc.identity.rank_tids[local], local, sc.identity.rank_pids[local]))
         return lines
 
     def startup_lines(self):
@@ -3575,7 +3587,7 @@ class DeepSpeedVoice(FrameworkVoice):
         """The script returns; the deepspeed launcher reports each local process's exit."""
         sc = self.sc
         return block([self.ds("launch.py:351:main", "Process %d exits successfully." % (
-            sc.identity.worker_pid + local)) for local in range(sc.per_node)])
+            sc.identity.rank_pids[local])) for local in range(sc.per_node)])
 
     def overflow_line(self, change):
         """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""

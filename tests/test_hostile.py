@@ -49,8 +49,9 @@ import time
 import pytest
 
 from conftest import run_cli
-from ptyrun import ENTER_ALT, PtyRun
-from test_dashboard import assert_restored, regions_drawn, tmux_pane  # noqa: F401 (a fixture)
+from ptyrun import ENTER_ALT
+from test_dashboard import (  # noqa: F401 (pty_run and tmux_pane are fixtures)
+    assert_restored, pty_run, regions_drawn, tmux_pane)
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 # The oldest and the newest interpreter here, where a behaviour may differ by version.
@@ -58,18 +59,6 @@ PYTHONS = sorted(set([sys.executable] + [path for path in (
     sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3")))[:1]
     + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3")))[-1:])]))
 
-
-@pytest.fixture
-def pty_run():
-    runs = []
-
-    def start(*args, **kwargs):
-        run = PtyRun(list(args), **kwargs)
-        runs.append(run)
-        return run
-    yield start
-    for run in runs:
-        run.close()
 
 
 def log_region(lines):

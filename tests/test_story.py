@@ -288,3 +288,22 @@ def test_lightning_logs_distributed_init_once_per_process_of_the_node(gpus):
     assert [int(rank) for rank, _, _ in ranks] == list(range(min(gpus, 8)))
     assert all(int(member) == int(rank) + 1 and int(world) == gpus
                for rank, member, world in ranks)
+
+
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_local_ranks_have_pids_and_communicators_of_their_own(seed):
+    """Processes started one after another get increasing pids with other processes' pids
+    between them, and each allocates its communicator in its own heap."""
+    out = run_cli("--plain", "--instant", "--runs", "1", "--seed", seed, "--style", "hf",
+                  "--color", "never", "--gpus", "8").stdout
+    inits = re.findall(r"^\S+:(\d+):(\d+) \[(\d)\] NCCL INFO ncclCommInitRank comm (0x[0-9a-f]+)"
+                       r".* Init COMPLETE$", out, re.MULTILINE)
+    pids = [int(pid) for pid, _, _, _ in inits]
+    assert len(inits) >= 2 and pids == sorted(set(pids))
+    steps = {b - a for a, b in zip(pids, pids[1:])}
+    assert len(inits) == 2 or len(steps) > 1  # not an arithmetic progression
+    comms = [int(comm, 16) for _, _, _, comm in inits]
+    assert len({b - a for a, b in zip(comms, comms[1:])}) == len(comms) - 1
+    # Rank 0's other NCCL lines carry the same pid and thread as its init line.
+    pid0, tid0 = inits[0][0], inits[0][1]
+    assert re.search(r"^\S+:%s:%s \[0\] NCCL INFO Channel" % (pid0, tid0), out, re.MULTILINE)
