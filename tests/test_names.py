@@ -97,16 +97,21 @@ def test_an_escaped_name_keeps_its_colour_codes_apart():
     assert "\x07" not in done.stdout
 
 
-def summary_left_on_screen(args, name):
-    """The raw bytes of a dashboard run to its end in a pty, and the summary box's lines as
-    left on the normal screen after it."""
-    run = PtyRun(args + ["--model", name], rows=40, cols=120)
+def finished_in_a_pty(args, **kwargs):
+    """The raw bytes of a dashboard run to its end (exit 0) in a 120x40 pty."""
+    run = PtyRun(args, rows=40, cols=120, **kwargs)
     try:
         assert run.proc.wait(timeout=60) == 0
         run.drain()
-        out = run.output()
+        return run.output()
     finally:
         run.close()
+
+
+def summary_left_on_screen(args, name):
+    """The raw bytes of a dashboard run to its end in a pty, and the summary box's lines as
+    left on the normal screen after it."""
+    out = finished_in_a_pty(args + ["--model", name])
     after = out.rsplit(LEAVE_ALT, 1)[1].decode("utf-8")
     return out, re.findall("[\u250c\u2502\u2514][^\r\n]*[\u2510\u2502\u2518]", after)
 
@@ -165,14 +170,9 @@ def test_an_error_line_the_output_cannot_encode_is_still_one_line(python, argv):
 
 @pytest.mark.parametrize("python", OLDEST_AND_NEWEST[1:])
 def test_the_dashboard_with_a_name_the_output_cannot_encode_ends_cleanly(python):
-    run = PtyRun(["--seed", "3", "--instant", "--runs", "1", "--model", "\u901a\u4e49-72B"],
-                 rows=40, cols=120, python=python, env={"LANG": "C", "PYTHONIOENCODING": "ascii"})
-    try:
-        assert run.proc.wait(timeout=60) == 0
-        run.drain()
-        out = run.output()
-    finally:
-        run.close()
+    out = finished_in_a_pty(["--seed", "3", "--instant", "--runs", "1", "--model",
+                             "\u901a\u4e49-72B"], python=python,
+                            env={"LANG": "C", "PYTHONIOENCODING": "ascii"})
     assert b"Traceback" not in out and b"Final loss:" in out.rsplit(LEAVE_ALT, 1)[1]
 
 
