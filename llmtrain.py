@@ -1828,8 +1828,11 @@ class LossScaler:
 class RunState:
     """What the run shows right now: the plot updates it, renderers only read it."""
 
-    def __init__(self, sc, loss_scaling=APEX_LOSS_SCALING):
+    def __init__(self, sc, loss_scaling=APEX_LOSS_SCALING, counting="epoch"):
         self.sc = sc
+        #: What the log's progress figure counts: optimizer steps in the epoch ("epoch"), in
+        #: the whole job ("job"), or the epoch's batches, as Lightning's bar does ("batch").
+        self.counting = counting
         self.clock = 0.0
         self.phase = "init"
         self.epoch = sc.epoch_of(sc.first_step)
@@ -1868,6 +1871,20 @@ class RunState:
     def step_in_epoch(self):
         """Optimizer steps done in the current epoch (what `Step s/T` counts everywhere)."""
         return self.step - (self.epoch - 1) * self.sc.steps_per_epoch
+
+    @property
+    def counted(self):
+        """(word, done, total) as the log counts them: `Step 30/53` of an epoch, `190/240` of
+        a Trainer's whole job, or Lightning's `Epoch 1: 60/106` batches, micro-batches too."""
+        sc = self.sc
+        if self.counting == "job":
+            return "Step", max(0, self.step), sc.total_steps
+        if self.counting == "batch":
+            done = max(0, self.step_in_epoch) * sc.grad_accum
+            if self.micro and sc.micro_updates > 1:
+                done += self.micro * sc.grad_accum // sc.micro_updates
+            return "Batch", done, sc.steps_per_epoch * sc.grad_accum
+        return "Step", max(0, self.step_in_epoch), sc.steps_per_epoch
 
     @property
     def progress(self):
@@ -2022,7 +2039,7 @@ class Plot:
         self.voice = voice
         #: Whether the job was just launched by hand at a shell prompt (a session's next job).
         self.launched = launched
-        self.state = RunState(sc, voice.loss_scaling)
+        self.state = RunState(sc, voice.loss_scaling, voice.counting)
         self.rng = random_stream(sc.seed, "plot")
         # Its own stream, so a style with more or fewer lines draws the same numbers.
         self.pacing = random_stream(sc.seed, "pacing")
@@ -2475,6 +2492,9 @@ class Voice:
     name = None
     #: How this framework's fp16 loss scaler behaves.
     loss_scaling = APEX_LOSS_SCALING
+    #: What the voice's progress figure counts (RunState.counted); a trainer's own bar and
+    #: step counter run over the whole job.
+    counting = "epoch"
     #: Whether the training script halves the LR after a loss spike (frameworks do not).
     cuts_lr_on_spikes = False
     #: Whether the training script drops a batch with a NaN loss before its backward pass
@@ -3046,8 +3066,8 @@ def hf_logging_steps(sc):
 
 class HFVoice(FrameworkVoice):
     """transformers 4.46.3 Trainer with enable_explicit_format(); tqdm counts optimizer steps."""
-
     name = "hf"
+    counting = "job"
 
     def __init__(self, sc, glyphs):
         FrameworkVoice.__init__(self, sc, glyphs)
@@ -3271,8 +3291,8 @@ def tqdm_number(value):
 
 class LightningVoice(FrameworkVoice):
     """PyTorch Lightning 2.4: rank-zero info lines, the model summary, one bar per epoch."""
-
     name = "lightning"
+    counting = "batch"
 
     def __init__(self, sc, glyphs):
         FrameworkVoice.__init__(self, sc, glyphs)
@@ -3352,11 +3372,7 @@ class LightningVoice(FrameworkVoice):
 
     def bar_line(self, state, kind="progress"):
         sc = self.sc
-        batches = sc.steps_per_epoch * sc.grad_accum
-        in_epoch = state.step - (state.epoch - 1) * sc.steps_per_epoch
-        done = in_epoch * sc.grad_accum
-        if state.micro and sc.micro_updates > 1:
-            done += state.micro * sc.grad_accum // sc.micro_updates
+        _, done, batches = state.counted
         rate = state.tokens_per_s / float(sc.tokens_per_step) * sc.grad_accum
         # tqdm times the bar from its creation in this process, not from the epoch's start.
         elapsed = state.clock - self.bar_started if self.bar_started is not None else 0.0
@@ -3424,8 +3440,8 @@ def zero_stage(sc):
 
 class DeepSpeedVoice(FrameworkVoice):
     """DeepSpeed 0.16: `[time] [INFO] [file:line:func]`, log_dist at logging.py:128."""
-
     name = "deepspeed"
+    counting = "job"
 
     loss_scaling = DEEPSPEED_LOSS_SCALING
 
@@ -3634,8 +3650,8 @@ def padded_vocab(vocab, tp):
 
 class MegatronVoice(FrameworkVoice):
     """Megatron-LM (2024 core_r0.9-era training.py): print_rank_0/print_rank_last lines."""
-
     name = "megatron"
+    counting = "job"
     #: Megatron-LM trains whole models; adapters are NeMo's or PEFT's business.
     methods = ("full", "pretrain")
 
@@ -3761,8 +3777,8 @@ class MegatronVoice(FrameworkVoice):
 
 class TorchtitanVoice(FrameworkVoice):
     """torchtitan (HEAD metrics format): `[titan] time - root - LEVEL - message`."""
-
     name = "torchtitan"
+    counting = "job"
     #: torchtitan pre-trains and fully fine-tunes; it has no LoRA/QLoRA adapters.
     methods = ("full", "pretrain")
 
@@ -4047,9 +4063,9 @@ def header_lines(state, width, run_clock, glyphs):
         title += [(" " * room, None), (hint, "dim")]
     eta = state.eta_at(run_clock)
     eta = "--:--" if eta is None else fmt_eta(eta)
-    where = "Epoch %d/%d  Step %s/%s " % (
-        state.epoch, sc.epochs, fmt_int(max(0, state.step_in_epoch)),
-        fmt_int(sc.steps_per_epoch))
+    word, done, total = state.counted
+    where = "Epoch %d/%d  %s %s/%s " % (state.epoch, sc.epochs, word, fmt_int(done),
+                                        fmt_int(total))
     # A resumed job's bar is this session's share; its step count is the whole job's.
     session = " of session" if sc.resumed else ""
     when = " %5.1f%%%s  Elapsed %s  ETA %s" % (100.0 * state.progress, session,
@@ -4444,6 +4460,7 @@ class DashboardRenderer:
         self.drawn_at = {"header": 0.0, "grid": 0.0, "log": 0.0}
         self.log_dirty = True
         self.chart_key = None
+        self.header_counted = None
         self.quick_polls = 0
         self.polled_at = 0.0
         self.closed = False
@@ -4625,7 +4642,9 @@ class DashboardRenderer:
             self.drawn_at["log"] = now
             self.log_dirty = False
             drew = True
-        if force or now >= self.drawn_at["header"] + HEADER_REFRESH_S:
+        # A log line with a new step redraws the header with it, so the two never disagree.
+        if force or now >= self.drawn_at["header"] + HEADER_REFRESH_S or (
+                drew and self.state.counted != self.header_counted):
             self.draw_header(layout)
             self.drawn_at["header"] = now
             drew = True
@@ -4643,6 +4662,7 @@ class DashboardRenderer:
         state = self.state
         clock = self.pacer.run_clock(state)
         rows = header_lines(state, layout.cols, clock, self.glyphs)
+        self.header_counted = state.counted
         for index, segments in enumerate(rows):
             self.put_row(index, segments)
         # The chart only changes with a new loss or validation point.
