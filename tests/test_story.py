@@ -227,9 +227,14 @@ def test_a_resumed_pretraining_window_shows_its_cooldown():
 
 #: What each GPU generation runs on: Blackwell needs driver 570+, CUDA 12.8+, PyTorch 2.7+
 #: (cu128 wheels) and NCCL 2.26+; Hopper and Ampere clusters keep the CUDA 12.4 stack.
+#: Each release also shows in where its loggers sit: torchrun's OMP_NUM_THREADS warning
+#: (torch 2.7 / 2.5), the Trainer's summary (transformers 4.53.2 / 4.46.3) and
+#: DeepSpeedConfig.print (DeepSpeed 0.17.5 / 0.16.5).
 BLACKWELL_STACK = ("2.7.1+cu128", "NCCL 2.26.2", "570.133.20", "CUDA Version: 12.8",
-                   "version=0.17.5")
-HOPPER_STACK = ("2.5.1+cu124", "2.21.5", "550.90.07", "CUDA Version: 12.4", "version=0.16.5")
+                   "version=0.17.5", "run.py:766]", "[INFO|trainer.py:2402]",
+                   "[config.py:958:print]")
+HOPPER_STACK = ("2.5.1+cu124", "2.21.5", "550.90.07", "CUDA Version: 12.4", "version=0.16.5",
+                "run.py:793]", "[INFO|trainer.py:2314]", "[config.py:1004:print]")
 
 
 @pytest.mark.parametrize("style", STYLES)
