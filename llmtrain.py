@@ -3664,6 +3664,7 @@ class DeepSpeedVoice(FrameworkVoice):
         lines.append(self.ds(self.where("config", -10, "print_user_config"),
                              "  json = " + body[0]))
         lines += [line(text) for text in body[1:]]
+        lines = block(lines)  # DeepSpeedConfig.print logs it all in one go
         if sc.resumed:
             tag = "global_step%d" % (sc.first_step - 1)
             lines.append(self.dist("Loading model from %s/%s/mp_rank_00_model_states.pt" % (
@@ -3784,21 +3785,22 @@ class MegatronVoice(FrameworkVoice):
             # Megatron-LM's WSD: --lr-decay-style WSD with the cooldown's length and shape.
             args.update(lr_decay_style="WSD", lr_wsd_decay_iters=sc.decay_steps,
                         lr_wsd_decay_style="linear")
-        lines = ["------------------------ arguments ------------------------"]
+        shown = ["------------------------ arguments ------------------------"]
         for name in sorted(args, key=str.lower):
             value = args[name]
             if isinstance(value, float):
                 # As the user typed it on the command line (3e-05, not 2.9999999999999997e-05).
                 value = repr(float("%g" % value))
-            lines.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
-        lines += ["-------------------- end of arguments ---------------------",
-                  "> building %s tokenizer ..." % args["tokenizer_type"],
-                  " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
-                      tokenizer_size(model), args["padded_vocab_size"] - tokenizer_size(model),
-                      args["padded_vocab_size"]),
-                  "> initializing torch distributed ..."]
-        return (self.smi_lines() + self.torchrun_lines() + [line(text) for text in lines]
-                + self.nccl_lines())
+            shown.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
+        shown.append("-------------------- end of arguments ---------------------")
+        lines = ["> building %s tokenizer ..." % args["tokenizer_type"],
+                 " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
+                     tokenizer_size(model), args["padded_vocab_size"] - tokenizer_size(model),
+                     args["padded_vocab_size"]),
+                 "> initializing torch distributed ..."]
+        # _print_args prints the whole block in one go, at one instant.
+        return (self.smi_lines() + self.torchrun_lines() + block([line(text) for text in shown])
+                + [line(text) for text in lines] + self.nccl_lines())
 
     def setup_lines(self):
         sc = self.sc

@@ -312,3 +312,19 @@ def test_local_ranks_have_pids_and_communicators_of_their_own(seed):
     # Rank 0's other NCCL lines carry the same pid and thread as its init line.
     pid0, tid0 = inits[0][0], inits[0][1]
     assert re.search(r"^\S+:%s:%s \[0\] NCCL INFO Channel" % (pid0, tid0), out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("style, first, last", [
+    ("megatron", "-- arguments --", "-------------------- end of arguments ---------------------"),
+    ("deepspeed", "DeepSpeedEngine configuration:", "}")])
+def test_a_configuration_dump_is_printed_at_one_instant(style, first, last):
+    """Megatron's _print_args and DeepSpeedConfig.print print their whole block in one
+    go: every line of it carries the same time."""
+    for seed in (1, 20):
+        sc = lt.build_scenario(seed, style=style)
+        _, shown = played(lt, sc, style)
+        texts = [item.text for _, item in shown]
+        start = next(i for i, text in enumerate(texts) if first in text)
+        end = texts.index(last, start)
+        assert end - start >= 10
+        assert len({clock for clock, _ in shown[start:end + 1]}) == 1, seed
