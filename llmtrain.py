@@ -1828,8 +1828,11 @@ class LossScaler:
 class RunState:
     """What the run shows right now: the plot updates it, renderers only read it."""
 
-    def __init__(self, sc, loss_scaling=APEX_LOSS_SCALING):
+    def __init__(self, sc, loss_scaling=APEX_LOSS_SCALING, counting="epoch"):
         self.sc = sc
+        #: What the log's progress figure counts: optimizer steps in the epoch ("epoch"), in
+        #: the whole job ("job"), or the epoch's batches, as Lightning's bar does ("batch").
+        self.counting = counting
         self.clock = 0.0
         self.phase = "init"
         self.epoch = sc.epoch_of(sc.first_step)
@@ -1868,6 +1871,20 @@ class RunState:
     def step_in_epoch(self):
         """Optimizer steps done in the current epoch (what `Step s/T` counts everywhere)."""
         return self.step - (self.epoch - 1) * self.sc.steps_per_epoch
+
+    @property
+    def counted(self):
+        """(word, done, total) as the log counts them: `Step 30/53` of an epoch, `190/240` of
+        a Trainer's whole job, or Lightning's `Epoch 1: 60/106` batches, micro-batches too."""
+        sc = self.sc
+        if self.counting == "job":
+            return "Step", max(0, self.step), sc.total_steps
+        if self.counting == "batch":
+            done = max(0, self.step_in_epoch) * sc.grad_accum
+            if self.micro and sc.micro_updates > 1:
+                done += self.micro * sc.grad_accum // sc.micro_updates
+            return "Batch", done, sc.steps_per_epoch * sc.grad_accum
+        return "Step", max(0, self.step_in_epoch), sc.steps_per_epoch
 
     @property
     def progress(self):
@@ -2022,7 +2039,7 @@ class Plot:
         self.voice = voice
         #: Whether the job was just launched by hand at a shell prompt (a session's next job).
         self.launched = launched
-        self.state = RunState(sc, voice.loss_scaling)
+        self.state = RunState(sc, voice.loss_scaling, voice.counting)
         self.rng = random_stream(sc.seed, "plot")
         # Its own stream, so a style with more or fewer lines draws the same numbers.
         self.pacing = random_stream(sc.seed, "pacing")
@@ -2265,12 +2282,15 @@ def software_stack(sc):
     it: driver 570, CUDA 12.8, PyTorch 2.7's cu128 wheels, NCCL 2.26 (their release notes)."""
     if sc.gpu.vendor == "amd":
         return {"torch": "2.5.1+rocm6.2", "collective": "RCCL", "nccl": "2.20.5", "cuda": "6.2",
-                "runtime": "ROCm", "driver": None, "deepspeed": "0.16.5"}
+                "runtime": "ROCm", "driver": None, "deepspeed": "0.16.5",
+                "transformers": "4.46.3"}
     if sc.gpu.key == "b200":
         return {"torch": "2.7.1+cu128", "collective": "NCCL", "nccl": "2.26.2", "cuda": "12.8",
-                "runtime": "CUDA", "driver": "570.133.20", "deepspeed": "0.17.5"}
+                "runtime": "CUDA", "driver": "570.133.20", "deepspeed": "0.17.5",
+                "transformers": "4.53.2"}
     return {"torch": "2.5.1+cu124", "collective": "NCCL", "nccl": "2.21.5", "cuda": "12.4",
-            "runtime": "CUDA", "driver": "550.90.07", "deepspeed": "0.16.5"}
+            "runtime": "CUDA", "driver": "550.90.07", "deepspeed": "0.16.5",
+            "transformers": "4.46.3"}
 
 
 def strategy_title(sc):
@@ -2475,6 +2495,9 @@ class Voice:
     name = None
     #: How this framework's fp16 loss scaler behaves.
     loss_scaling = APEX_LOSS_SCALING
+    #: What the voice's progress figure counts (RunState.counted); a trainer's own bar and
+    #: step counter run over the whole job.
+    counting = "epoch"
     #: Whether the training script halves the LR after a loss spike (frameworks do not).
     cuts_lr_on_spikes = False
     #: Whether the training script drops a batch with a NaN loss before its backward pass
@@ -2840,6 +2863,11 @@ def fp32(value):
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
+#: The line of torch/distributed/run.py that warns about OMP_NUM_THREADS, by torch release
+#: (in v2.5.1's and v2.7.1's source; users' torch 2.7 logs print run.py:766).
+TORCHRUN_WARNING_LINES = {"2.5.1": 793, "2.7.1": 766}
+
+
 class FrameworkVoice(Voice):
     """What every framework run shares: nvidia-smi, torchrun's launcher, NCCL's init; where
     a framework has nothing of its own to say, the classic text through its logger."""
@@ -2903,11 +2931,12 @@ class FrameworkVoice(Voice):
         return [line(text) for text in lines]
 
     def torchrun_lines(self):
-        """torchrun's OMP_NUM_THREADS warning, glog-prefixed as torch 2.5 prints it."""
+        """torchrun's OMP_NUM_THREADS warning, glog-prefixed from its line in the run's torch."""
         if self.sc.per_node < 2:
             return []
-        prefix = "W%s %d site-packages/torch/distributed/run.py:793] " % (
-            slot("glog"), self.sc.identity.launcher_pid)
+        release = software_stack(self.sc)["torch"].split("+")[0]
+        prefix = "W%s %d site-packages/torch/distributed/run.py:%d] " % (
+            slot("glog"), self.sc.identity.launcher_pid, TORCHRUN_WARNING_LINES[release])
         stars = "*" * 41
         return [line(prefix + text, "warn") for text in [
             "", stars, "Setting OMP_NUM_THREADS environment variable for each process to be 1 "
@@ -3044,10 +3073,23 @@ def hf_logging_steps(sc):
     return 1000
 
 
-class HFVoice(FrameworkVoice):
-    """transformers 4.46.3 Trainer with enable_explicit_format(); tqdm counts optimizer steps."""
+#: Where transformers logs what the Trainer prints, by release: the line that opens each
+#: block in trainer.py (Trainer._inner_training_loop, _save, evaluation_loop, ...),
+#: configuration_utils.py and generation/configuration_utils.py (save_pretrained) and
+#: modeling_utils.py (save_pretrained's weights); the block's other lines keep their
+#: distance from it in both releases (v4.46.3 and v4.53.2 source).
+TRANSFORMERS_LINES = {
+    "4.46.3": {"precision": 699, "training": 2314, "completed": 2591, "save": 3812,
+               "evaluation": 4128, "config": 414, "generation_config": 865, "weights": 3035},
+    "4.53.2": {"precision": 751, "training": 2402, "completed": 2677, "save": 4019,
+               "evaluation": 4353, "config": 437, "generation_config": 891, "weights": 3949},
+}
 
+
+class HFVoice(FrameworkVoice):
+    """The transformers Trainer with enable_explicit_format(); tqdm counts optimizer steps."""
     name = "hf"
+    counting = "job"
 
     def __init__(self, sc, glyphs):
         FrameworkVoice.__init__(self, sc, glyphs)
@@ -3060,6 +3102,8 @@ class HFVoice(FrameworkVoice):
         #: The progress bar's rate, smoothed as tqdm smooths it, and when it last moved.
         self.rate = TqdmRate()
         self.bar_moved = None
+        #: The lines its logger calls sit on, in the run's transformers.
+        self.at = TRANSFORMERS_LINES[software_stack(sc)["transformers"]]
 
     def hf(self, lineno, text, filename="trainer.py", kind="info", mark=None):
         return line("[%s|%s:%s] %s >> %s" % (log_level(kind), filename, lineno,
@@ -3076,31 +3120,32 @@ class HFVoice(FrameworkVoice):
         if shards > 1:
             lines.append(line("Loading checkpoint shards: %s" % tqdm_meter(
                 shards, shards, shards / 2.0, 2.0, self.glyphs)))
-        lines.append(self.hf(699, "Using auto half precision backend"))
+        lines.append(self.hf(self.at["precision"], "Using auto half precision backend"))
+        at = self.at["training"]
         # _inner_training_loop logs its summary in one go: one timestamp for the block.
         lines += block([
-            self.hf(2314, "***** Running training *****"),
-            self.hf(2315, "  Num examples = %s" % fmt_int(hf_num_examples(sc))),
-            self.hf(2316, "  Num Epochs = %s" % fmt_int(sc.epochs)),
-            self.hf(2317, "  Instantaneous batch size per device = %s" % fmt_int(
+            self.hf(at, "***** Running training *****"),
+            self.hf(at + 1, "  Num examples = %s" % fmt_int(hf_num_examples(sc))),
+            self.hf(at + 2, "  Num Epochs = %s" % fmt_int(sc.epochs)),
+            self.hf(at + 3, "  Instantaneous batch size per device = %s" % fmt_int(
                 sc.micro_batch)),
-            self.hf(2320, "  Total train batch size (w. parallel, distributed & accumulation) "
-                          "= %s" % fmt_int(sc.global_batch)),
-            self.hf(2321, "  Gradient Accumulation steps = %d" % sc.grad_accum),
-            self.hf(2322, "  Total optimization steps = %s" % fmt_int(sc.total_steps)),
-            self.hf(2323, "  Number of trainable parameters = %s" % fmt_int(trainable)),
+            self.hf(at + 6, "  Total train batch size (w. parallel, distributed & accumulation) "
+                            "= %s" % fmt_int(sc.global_batch)),
+            self.hf(at + 7, "  Gradient Accumulation steps = %d" % sc.grad_accum),
+            self.hf(at + 8, "  Total optimization steps = %s" % fmt_int(sc.total_steps)),
+            self.hf(at + 9, "  Number of trainable parameters = %s" % fmt_int(trainable)),
         ])
         if sc.resumed:
             done = sc.first_step - 1
             epochs_done = done // sc.steps_per_epoch
             lines[-1:] = block(lines[-1:] + [
-                self.hf(2345, "  Continuing training from checkpoint, will skip to saved "
-                              "global_step"),
-                self.hf(2346, "  Continuing training from epoch %d" % epochs_done),
-                self.hf(2347, "  Continuing training from global step %d" % done),
-                self.hf(2349, "  Will skip the first %d epochs then the first %d batches in "
-                              "the first epoch." % (epochs_done, (done % sc.steps_per_epoch)
-                                                    * sc.grad_accum)),
+                self.hf(at + 31, "  Continuing training from checkpoint, will skip to saved "
+                                 "global_step"),
+                self.hf(at + 32, "  Continuing training from epoch %d" % epochs_done),
+                self.hf(at + 33, "  Continuing training from global step %d" % done),
+                self.hf(at + 35, "  Will skip the first %d epochs then the first %d batches in "
+                                 "the first epoch." % (epochs_done, (done % sc.steps_per_epoch)
+                                                       * sc.grad_accum)),
             ])
         return lines
 
@@ -3136,9 +3181,10 @@ class HFVoice(FrameworkVoice):
     def validation_lines(self, state, seg, val):
         sc = self.sc
         batches = val.batches
-        lines = block([self.hf(4026, ""), line("***** Running Evaluation *****"),
-                       self.hf(4028, "  Num examples = %d" % val.samples),
-                       self.hf(4031, "  Batch size = %d" % sc.micro_batch)])
+        at = self.at["evaluation"]
+        lines = block([self.hf(at, ""), line("***** Running Evaluation *****"),
+                       self.hf(at + 2, "  Num examples = %d" % val.samples),
+                       self.hf(at + 5, "  Batch size = %d" % sc.micro_batch)])
         for quarter in (1, 2, 3):
             done = batches * quarter // 4
             lines.append(line(tqdm_meter(done, batches, val.runtime * quarter / 4,
@@ -3160,26 +3206,26 @@ class HFVoice(FrameworkVoice):
         if sc.adapters:
             return lines
         files = export_files(sc)
-        lines.append(self.hf(414, "Configuration saved in %s/config.json" % path,
+        at = self.at
+        lines.append(self.hf(at["config"], "Configuration saved in %s/config.json" % path,
                              "configuration_utils.py"))
-        lines.append(self.hf(865, "Configuration saved in %s/generation_config.json" % path,
-                             "configuration_utils.py"))
+        lines.append(self.hf(at["generation_config"], "Configuration saved in "
+                             "%s/generation_config.json" % path, "configuration_utils.py"))
         if len(files) == 1:
-            lines.append(self.hf(3035, "Model weights saved in %s/%s" % (path, files[0]),
-                                 "modeling_utils.py"))
+            lines.append(self.hf(at["weights"], "Model weights saved in %s/%s" % (
+                path, files[0]), "modeling_utils.py"))
         else:
-            lines.append(self.hf(3044, "The model is bigger than the maximum size per "
-                                       "checkpoint (5GB) and is going to be split in %d "
-                                       "checkpoint shards. You can find where each parameters "
-                                       "has been saved in the index located at %s/%s." % (
-                                           len(files), path, weights),
-                                 "modeling_utils.py"))
+            lines.append(self.hf(at["weights"] + 8, "The model is bigger than the maximum size "
+                                 "per checkpoint (5GB) and is going to be split in %d "
+                                 "checkpoint shards. You can find where each parameters has "
+                                 "been saved in the index located at %s/%s." % (
+                                     len(files), path, weights), "modeling_utils.py"))
         return lines
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
         path = "%s/checkpoint-%d" % (sc.checkpoint_dir(seg.epoch), seg.last_step)
-        lines = [self.hf(3801, "Saving model checkpoint to %s" % path)]
+        lines = [self.hf(self.at["save"], "Saving model checkpoint to %s" % path)]
         lines += self.save_lines(path, "model.safetensors.index.json")
         return lines[:-1] + [lines[-1]._replace(mark="saved")]
 
@@ -3197,11 +3243,11 @@ class HFVoice(FrameworkVoice):
             ("train_loss", self.loss_sum / max(1, self.loss_steps)),
             ("epoch", round(sc.last_step / float(sc.steps_per_epoch), 2))])
         final = "%s/final" % sc.checkpoint_dir(sc.epochs)
-        lines = [self.hf(2591, ""), line(""),
+        lines = [self.hf(self.at["completed"], ""), line(""),
                  line("Training completed. Do not forget to share your model on "
                       "huggingface.co/models =)"), line(""),
                  line(hf_dict(metrics)),
-                 self.hf(3801, "Saving model checkpoint to %s" % final)]
+                 self.hf(self.at["save"], "Saving model checkpoint to %s" % final)]
         lines += self.save_lines(final, "model.safetensors.index.json")
         metrics["total_flos"] = 6.0 * sc.model.params * sc.last_step * sc.tokens_per_step
         metrics["train_samples"] = samples
@@ -3270,9 +3316,10 @@ def tqdm_number(value):
 
 
 class LightningVoice(FrameworkVoice):
-    """PyTorch Lightning 2.4: rank-zero info lines, the model summary, one bar per epoch."""
-
+    """PyTorch Lightning 2.4 and 2.5 (alike in these lines): rank-zero info lines, the model
+    summary, one bar per epoch."""
     name = "lightning"
+    counting = "batch"
 
     def __init__(self, sc, glyphs):
         FrameworkVoice.__init__(self, sc, glyphs)
@@ -3352,11 +3399,7 @@ class LightningVoice(FrameworkVoice):
 
     def bar_line(self, state, kind="progress"):
         sc = self.sc
-        batches = sc.steps_per_epoch * sc.grad_accum
-        in_epoch = state.step - (state.epoch - 1) * sc.steps_per_epoch
-        done = in_epoch * sc.grad_accum
-        if state.micro and sc.micro_updates > 1:
-            done += state.micro * sc.grad_accum // sc.micro_updates
+        _, done, batches = state.counted
         rate = state.tokens_per_s / float(sc.tokens_per_step) * sc.grad_accum
         # tqdm times the bar from its creation in this process, not from the epoch's start.
         elapsed = state.clock - self.bar_started if self.bar_started is not None else 0.0
@@ -3422,10 +3465,47 @@ def zero_stage(sc):
     return 1
 
 
-class DeepSpeedVoice(FrameworkVoice):
-    """DeepSpeed 0.16: `[time] [INFO] [file:line:func]`, log_dist at logging.py:128."""
+#: Where DeepSpeed's logger calls sit, by release: `file:line:function` as its log format
+#: prints them (v0.16.5 and v0.17.5 source); a call's neighbours keep their distance from
+#: it in both (DeepSpeedConfig.print's per-key line 4 below its title, print_user_config 10
+#: above; the hysteresis message 7 below the overflow's). 0.17 saves through log_dist
+#: alone: its TorchCheckpointEngine announces itself at start-up and logs no file.
+DEEPSPEED_SOURCE = {
+    "0.16.5": {"accelerator": "real_accelerator.py:239:get_accelerator",
+               "cdb": "comm.py:658:init_distributed", "backend": "comm.py:689:init_distributed",
+               "buckets": "stage3.py:170:__init__", "config": "config.py:1000:print",
+               "overflow": "loss_scaler.py:183:update_scale",
+               "saving": "torch_checkpoint_engine.py:21:save",
+               "zero_saved": "engine.py:3672:_save_zero_checkpoint",
+               "commit": "torch_checkpoint_engine.py:33:commit"},
+    "0.17.5": {"accelerator": "real_accelerator.py:260:get_accelerator",
+               "cdb": "comm.py:821:init_distributed", "backend": "comm.py:852:init_distributed",
+               "buckets": "stage3.py:186:__init__", "config": "config.py:954:print",
+               "overflow": "loss_scaler.py:184:update_scale"},
+}
 
+
+def deepspeed_json(value, level=0):
+    """The user's config as DeepSpeedConfig.print_user_config dumps it through its
+    ScientificNotationEncoder (deepspeed/runtime/config_utils.py): keys in the file's order,
+    numbers above 1e3 in %e notation, and each entry ending in `, ` before its newline."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "%e" % value if value > 1e3 else str(value)
+    if isinstance(value, dict):
+        prefix = " " * 4 * (level + 1)
+        return "{" + ", ".join('\n%s"%s": %s' % (prefix, key, deepspeed_json(item, level + 1))
+                               for key, item in value.items()) + "\n" + " " * 4 * level + "}"
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(deepspeed_json(item) for item in value)
+    return json.dumps(value)
+
+
+class DeepSpeedVoice(FrameworkVoice):
+    """DeepSpeed: `[time] [INFO] [file:line:func]`, log_dist at logging.py:107."""
     name = "deepspeed"
+    counting = "job"
 
     loss_scaling = DEEPSPEED_LOSS_SCALING
 
@@ -3433,13 +3513,21 @@ class DeepSpeedVoice(FrameworkVoice):
         FrameworkVoice.__init__(self, sc, glyphs)
         #: Samples/s of every step so far, for the timer's running average.
         self.rates = []
+        self.version = software_stack(sc)["deepspeed"]
+        self.at = DEEPSPEED_SOURCE[self.version]
+
+    def where(self, name, offset=0, function=None):
+        """`file:line:function` of a logger call, `offset` lines below a known one (in
+        `function` where that is another)."""
+        filename, lineno, known = self.at[name].split(":")
+        return "%s:%d:%s" % (filename, int(lineno) + offset, function or known)
 
     def ds(self, where, text, kind="info", mark=None):
         return line("[%s] [%s] [%s] %s" % (slot("logging"), log_level(kind), where, text), kind,
                     "", mark)
 
     def dist(self, text, kind="info"):
-        return self.ds("logging.py:128:log_dist", "[Rank 0] " + text, kind)
+        return self.ds("logging.py:107:log_dist", "[Rank 0] " + text, kind)
 
     def log(self, text, kind="info"):
         return self.ds("%s:212:main" % self.script, text, kind)
@@ -3462,28 +3550,36 @@ class DeepSpeedVoice(FrameworkVoice):
 
     def config(self):
         sc = self.sc
-        config = {"bf16": {"enabled": sc.precision == "bf16"},
-                  "fp16": {"enabled": sc.precision == "fp16", "initial_scale_power": 16,
-                           "hysteresis": 2, "loss_scale_window": 1000},
-                  "gradient_accumulation_steps": sc.grad_accum, "gradient_clipping": 1.0,
-                  "optimizer": {"type": "AdamW", "params": {"lr": sc.peak_lr,
-                                                            "betas": [0.9, 0.95],
-                                                            "weight_decay": 0.1}},
-                  "steps_per_print": sc.log_every, "train_batch_size": sc.global_batch,
-                  "train_micro_batch_size_per_gpu": sc.micro_batch,
-                  "wall_clock_breakdown": False,
-                  "zero_optimization": {"stage": zero_stage(sc), "overlap_comm": True}}
+        # In the order a ds_config.json is written: batch, optimizer, schedule, precision.
+        config = collections.OrderedDict([
+            ("train_batch_size", sc.global_batch),
+            ("train_micro_batch_size_per_gpu", sc.micro_batch),
+            ("gradient_accumulation_steps", sc.grad_accum),
+            ("steps_per_print", sc.log_every),
+            ("optimizer", collections.OrderedDict([
+                ("type", "AdamW"),
+                ("params", collections.OrderedDict([("lr", sc.peak_lr), ("betas", [0.9, 0.95]),
+                                                    ("weight_decay", 0.1)]))]))])
         name, params = self.scheduler()
         if name:
-            config["scheduler"] = {"type": name, "params": params}
+            config["scheduler"] = collections.OrderedDict([("type", name), ("params", params)])
+        config["gradient_clipping"] = 1.0
+        if sc.precision == "bf16":
+            config["bf16"] = {"enabled": True}
+        else:
+            config["fp16"] = collections.OrderedDict([
+                ("enabled", True), ("initial_scale_power", 16), ("hysteresis", 2),
+                ("loss_scale_window", 1000)])
+        config["zero_optimization"] = collections.OrderedDict([("stage", zero_stage(sc)),
+                                                               ("overlap_comm", True)])
+        config["wall_clock_breakdown"] = False
         return config
 
     def startup_lines(self):
         return self.smi_lines() + self.torchrun_lines() + [
-            self.ds("real_accelerator.py:222:get_accelerator",
-                    "Setting ds_accelerator to cuda (auto detect)"),
-            self.ds("comm.py:652:init_distributed", "cdb=None"),
-            self.ds("comm.py:683:init_distributed",
+            self.ds(self.where("accelerator"), "Setting ds_accelerator to cuda (auto detect)"),
+            self.ds(self.where("cdb"), "cdb=None"),
+            self.ds(self.where("backend"),
                     "Initializing TorchBackend in DeepSpeed with backend nccl")
         ] + self.nccl_lines()
 
@@ -3498,14 +3594,14 @@ class DeepSpeedVoice(FrameworkVoice):
         dtype = "torch.bfloat16" if sc.precision == "bf16" else "torch.float16"
         reserved = sc.memory_gib - optimizer_gib(sc) - RUNTIME_OVERHEAD_GIB
         lines = [self.dist("DeepSpeed info: version=%s, git-hash=unknown, git-branch=unknown"
-                           % software_stack(sc)["deepspeed"]),
+                           % self.version),
                  self.dist("DeepSpeed Flops Profiler Enabled: False"),
                  self.dist("DeepSpeed Basic Optimizer = AdamW"),
                  self.dist("Creating %s ZeRO stage %d optimizer" % (dtype, stage))]
         if stage == 3:
             lines += [
-                self.ds("stage3.py:170:__init__", "Reduce bucket size 500000000"),
-                self.ds("stage3.py:171:__init__", "Prefetch bucket size 50000000"),
+                self.ds(self.where("buckets"), "Reduce bucket size 500000000"),
+                self.ds(self.where("buckets", 1), "Prefetch bucket size 50000000"),
                 self.ds("utils.py:781:see_memory_usage", "Stage 3 initialize beginning"),
                 self.ds("utils.py:782:see_memory_usage",
                         "MA %.2f GB         Max_MA %.2f GB         CA %.2f GB         Max_CA "
@@ -3522,6 +3618,9 @@ class DeepSpeedVoice(FrameworkVoice):
             self.dist("DeepSpeed LR Scheduler = <%s object at 0x7f%010x>" % (
                 "deepspeed.runtime.lr_schedules.%s" % self.scheduler()[0] if self.scheduler()[0]
                 else "torch.optim.lr_scheduler.LambdaLR", sc.identity.comm % 0xffffffff0 + 0x10))]
+        if "commit" not in self.at:  # 0.17's checkpoint engine, created after the scheduler
+            lines.append(self.dist("[TorchCheckpointEngine] Initialized with serialization = "
+                                   "True"))
         return lines
 
     def scheduler_line(self):
@@ -3534,25 +3633,38 @@ class DeepSpeedVoice(FrameworkVoice):
         """DeepSpeedEngine's configuration dump (sorted, dot-padded) and the user's JSON."""
         sc = self.sc
         stage = zero_stage(sc)
-        lines = [self.ds("config.py:1001:print", "DeepSpeedEngine configuration:")]
+        lines = [self.ds(self.where("config"), "DeepSpeedEngine configuration:")]
         dump = {"activation_checkpointing_config": '{"partition_activations": false, '
                                                    '"contiguous_memory_optimization": false}',
-                "amp_enabled": False, "bfloat16_enabled": sc.precision == "bf16",
-                "dump_state": False, "fp16_enabled": sc.precision == "fp16",
+                "amp_enabled": False, "dump_state": False,
                 "global_rank": 0, "gradient_accumulation_steps": sc.grad_accum,
-                "gradient_clipping": 1.0, "initial_dynamic_scale": 65536
-                if sc.precision == "fp16" else 1, "optimizer_name": "adamw",
+                "gradient_clipping": 1.0, "optimizer_name": "adamw",
                 "scheduler_name": self.scheduler()[0], "steps_per_print": sc.log_every,
                 "train_batch_size": sc.global_batch,
                 "train_micro_batch_size_per_gpu": sc.micro_batch,
                 "wall_clock_breakdown": False, "world_size": sc.dp, "zero_enabled": True,
                 "zero_optimization_stage": stage}
+        if "commit" in self.at:  # 0.16 keeps precision as flags
+            dump.update({"bfloat16_enabled": sc.precision == "bf16",
+                         "fp16_enabled": sc.precision == "fp16",
+                         "initial_dynamic_scale": 65536 if sc.precision == "fp16" else 1})
+        else:  # 0.17 as its precision configs' pydantic models (runtime/precision_config.py)
+            dump.update({"bfloat16_config": "enabled=%s immediate_grad_update=False "
+                                            "check_grad_overflow=False" % (
+                                                sc.precision == "bf16"),
+                         "float16_config": "enabled=%s auto_cast=False loss_scale=0 "
+                                           "initial_scale_power=16 loss_scale_window=1000 "
+                                           "hysteresis=2 consecutive_hysteresis=False "
+                                           "min_loss_scale=1 fp16_master_weights_and_grads="
+                                           "False" % (sc.precision == "fp16")})
         for name in sorted(dump):
-            lines.append(self.ds("config.py:1005:print", "  %s %s %s" % (
+            lines.append(self.ds(self.where("config", 4), "  %s %s %s" % (
                 name, "." * (29 - len(name)), dump[name])))
-        body = json.dumps(self.config(), sort_keys=True, indent=4).split("\n")
-        lines.append(self.ds("config.py:1005:print", "  json = " + body[0]))
+        body = deepspeed_json(self.config()).split("\n")
+        lines.append(self.ds(self.where("config", -10, "print_user_config"),
+                             "  json = " + body[0]))
         lines += [line(text) for text in body[1:]]
+        lines = block(lines)  # DeepSpeedConfig.print logs it all in one go
         if sc.resumed:
             tag = "global_step%d" % (sc.first_step - 1)
             lines.append(self.dist("Loading model from %s/%s/mp_rank_00_model_states.pt" % (
@@ -3592,13 +3704,13 @@ class DeepSpeedVoice(FrameworkVoice):
     def overflow_line(self, change):
         """DynamicLossScaler: hysteresis 2 absorbs the first overflow, then the scale halves."""
         if change.scale == change.attempted:
-            text = ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, "
-                    "but hysteresis is %d. Reducing hysteresis to %d" % (
-                        change.attempted, change.hysteresis + 1, change.hysteresis))
-        else:
-            text = ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: %d, "
-                    "reducing to %d" % (change.attempted, change.scale))
-        return self.ds("loss_scaler.py:183:update_scale", text)
+            return self.ds(self.where("overflow", 7), "[deepspeed] OVERFLOW! Rank 0 Skipping "
+                           "step. Attempted loss scale: %d, but hysteresis is %d. Reducing "
+                           "hysteresis to %d" % (change.attempted, change.hysteresis + 1,
+                                                 change.hysteresis))
+        return self.ds(self.where("overflow"), "[deepspeed] OVERFLOW! Rank 0 Skipping step. "
+                       "Attempted loss scale: %d, reducing to %d" % (change.attempted,
+                                                                      change.scale))
 
     def checkpoint_lines(self, state, seg, ckpt):
         sc = self.sc
@@ -3607,17 +3719,18 @@ class DeepSpeedVoice(FrameworkVoice):
         model = "%s/zero_pp_rank_0_mp_rank_00_model_states.pt" % folder
         optim = "%s/%szero_pp_rank_0_mp_rank_00_optim_states.pt" % (
             folder, "bf16_" if sc.precision == "bf16" else "")
-        lines = [self.dist("[Torch] Checkpoint %s is about to be saved!" % tag),
-                 self.dist("Saving model checkpoint: %s" % model),
-                 self.ds("torch_checkpoint_engine.py:21:save", "[Torch] Saving %s..." % model),
-                 self.ds("torch_checkpoint_engine.py:23:save", "[Torch] Saved %s." % model),
-                 self.ds("torch_checkpoint_engine.py:21:save", "[Torch] Saving %s..." % optim),
-                 self.ds("torch_checkpoint_engine.py:23:save", "[Torch] Saved %s." % optim),
-                 self.ds("engine.py:3645:_save_zero_checkpoint",
-                         "zero checkpoint saved %s" % optim),
-                 self.ds("torch_checkpoint_engine.py:33:commit",
-                         "[Torch] Checkpoint %s is ready now!" % tag, mark="saved")]
-        return lines
+        if "commit" not in self.at:  # 0.17: the engine's create() and the model's path only
+            return [self.dist("[Torch] Checkpoint %s is begin to save!" % tag),
+                    self.dist("Saving model checkpoint: %s" % model)._replace(mark="saved")]
+        return [self.dist("[Torch] Checkpoint %s is about to be saved!" % tag),
+                self.dist("Saving model checkpoint: %s" % model),
+                self.ds(self.where("saving"), "[Torch] Saving %s..." % model),
+                self.ds(self.where("saving", 2), "[Torch] Saved %s." % model),
+                self.ds(self.where("saving"), "[Torch] Saving %s..." % optim),
+                self.ds(self.where("saving", 2), "[Torch] Saved %s." % optim),
+                self.ds(self.where("zero_saved"), "zero checkpoint saved %s" % optim),
+                self.ds(self.where("commit"), "[Torch] Checkpoint %s is ready now!" % tag,
+                        mark="saved")]
 
 
 #: Megatron's tokenizer types by tokenizer family.
@@ -3634,8 +3747,8 @@ def padded_vocab(vocab, tp):
 
 class MegatronVoice(FrameworkVoice):
     """Megatron-LM (2024 core_r0.9-era training.py): print_rank_0/print_rank_last lines."""
-
     name = "megatron"
+    counting = "job"
     #: Megatron-LM trains whole models; adapters are NeMo's or PEFT's business.
     methods = ("full", "pretrain")
 
@@ -3672,21 +3785,22 @@ class MegatronVoice(FrameworkVoice):
             # Megatron-LM's WSD: --lr-decay-style WSD with the cooldown's length and shape.
             args.update(lr_decay_style="WSD", lr_wsd_decay_iters=sc.decay_steps,
                         lr_wsd_decay_style="linear")
-        lines = ["------------------------ arguments ------------------------"]
+        shown = ["------------------------ arguments ------------------------"]
         for name in sorted(args, key=str.lower):
             value = args[name]
             if isinstance(value, float):
                 # As the user typed it on the command line (3e-05, not 2.9999999999999997e-05).
                 value = repr(float("%g" % value))
-            lines.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
-        lines += ["-------------------- end of arguments ---------------------",
-                  "> building %s tokenizer ..." % args["tokenizer_type"],
-                  " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
-                      tokenizer_size(model), args["padded_vocab_size"] - tokenizer_size(model),
-                      args["padded_vocab_size"]),
-                  "> initializing torch distributed ..."]
-        return (self.smi_lines() + self.torchrun_lines() + [line(text) for text in lines]
-                + self.nccl_lines())
+            shown.append("  %s %s %s" % (name, "." * (48 - len(name)), value))
+        shown.append("-------------------- end of arguments ---------------------")
+        lines = ["> building %s tokenizer ..." % args["tokenizer_type"],
+                 " > padded vocab (size: %d) with %d dummy tokens (new size: %d)" % (
+                     tokenizer_size(model), args["padded_vocab_size"] - tokenizer_size(model),
+                     args["padded_vocab_size"]),
+                 "> initializing torch distributed ..."]
+        # _print_args prints the whole block in one go, at one instant.
+        return (self.smi_lines() + self.torchrun_lines() + block([line(text) for text in shown])
+                + [line(text) for text in lines] + self.nccl_lines())
 
     def setup_lines(self):
         sc = self.sc
@@ -3761,8 +3875,8 @@ class MegatronVoice(FrameworkVoice):
 
 class TorchtitanVoice(FrameworkVoice):
     """torchtitan (HEAD metrics format): `[titan] time - root - LEVEL - message`."""
-
     name = "torchtitan"
+    counting = "job"
     #: torchtitan pre-trains and fully fine-tunes; it has no LoRA/QLoRA adapters.
     methods = ("full", "pretrain")
 
@@ -4047,9 +4161,9 @@ def header_lines(state, width, run_clock, glyphs):
         title += [(" " * room, None), (hint, "dim")]
     eta = state.eta_at(run_clock)
     eta = "--:--" if eta is None else fmt_eta(eta)
-    where = "Epoch %d/%d  Step %s/%s " % (
-        state.epoch, sc.epochs, fmt_int(max(0, state.step_in_epoch)),
-        fmt_int(sc.steps_per_epoch))
+    word, done, total = state.counted
+    where = "Epoch %d/%d  %s %s/%s " % (state.epoch, sc.epochs, word, fmt_int(done),
+                                        fmt_int(total))
     # A resumed job's bar is this session's share; its step count is the whole job's.
     session = " of session" if sc.resumed else ""
     when = " %5.1f%%%s  Elapsed %s  ETA %s" % (100.0 * state.progress, session,
@@ -4444,6 +4558,7 @@ class DashboardRenderer:
         self.drawn_at = {"header": 0.0, "grid": 0.0, "log": 0.0}
         self.log_dirty = True
         self.chart_key = None
+        self.header_counted = None
         self.quick_polls = 0
         self.polled_at = 0.0
         self.closed = False
@@ -4625,7 +4740,9 @@ class DashboardRenderer:
             self.drawn_at["log"] = now
             self.log_dirty = False
             drew = True
-        if force or now >= self.drawn_at["header"] + HEADER_REFRESH_S:
+        # A log line with a new step redraws the header with it, so the two never disagree.
+        if force or now >= self.drawn_at["header"] + HEADER_REFRESH_S or (
+                drew and self.state.counted != self.header_counted):
             self.draw_header(layout)
             self.drawn_at["header"] = now
             drew = True
@@ -4643,6 +4760,7 @@ class DashboardRenderer:
         state = self.state
         clock = self.pacer.run_clock(state)
         rows = header_lines(state, layout.cols, clock, self.glyphs)
+        self.header_counted = state.counted
         for index, segments in enumerate(rows):
             self.put_row(index, segments)
         # The chart only changes with a new loss or validation point.

@@ -651,3 +651,151 @@ def test_ctrl_z_and_fg_under_bash(tmux_pane):
     pane.tmux("send-keys", "-t", "t", "echo \"[exit $?]\"", "Enter")
     assert pane.exit_status() == "0"
     assert pane.pane("#{alternate_on} #{cursor_flag}") == "0 1"
+
+
+# ------------------------------------------------------------------------------------------
+# The header and the log count the same steps
+# ------------------------------------------------------------------------------------------
+
+#: Each style's progress figure in its log: (pattern, whether it carries the total).
+LOG_STEPS = {
+    "classic": r"Step (\d+)/(\d+) \|",
+    "hf": r"^ *\d+%\|.*\| (\d+)/(\d+) \[",
+    "lightning": r"^Epoch \d+: +\d+%\|.*\| (\d+)/(\d+) \[",
+    "deepspeed": r"\[Rank 0\] step=(\d+)(),",
+    "megatron": r"iteration +(\d+)/ *(\d+) \|",
+    "torchtitan": r"INFO - step: +(\d+)() ",
+}
+
+
+def header_count(rows):
+    """(done, total) from the header's `Step 30/53` (or Lightning's `Batch 60/106`)."""
+    found = re.search(r"(?:Step|Batch) ([\d,]+)/([\d,]+) ", rows[1])
+    return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
+
+
+@pytest.mark.parametrize("style", sorted(LOG_STEPS))
+def test_the_header_counts_steps_as_the_log_does(style):
+    """A Trainer's bar and Megatron's iteration count the whole job; Lightning's bar counts
+    the epoch's batches; the classic line counts the epoch's steps. Whenever the log shows
+    its figure, the header shows the same one."""
+    checked = 0
+    for seed in (1, 2, 5, 9):
+        sc = lt.build_scenario(seed, style=style)
+        plot = tell(lt, sc, style)
+        for item, delay in plot.lines():
+            plot.state.clock += delay
+            found = item and re.search(LOG_STEPS[style], item.text)
+            if not found or (style == "hf" and int(found.group(2)) != sc.total_steps):
+                continue  # HF's evaluation bar counts batches of its own
+            done, total = header_count(
+                [lt.row_text(r) for r in lt.header_lines(plot.state, 200, plot.state.clock,
+                                                         lt.UNICODE_GLYPHS)])
+            assert done == int(found.group(1)), (seed, item.text)
+            assert not found.group(2) or total == int(found.group(2)), (seed, item.text)
+            checked += 1
+    assert checked >= 40
+
+
+class FakeScreen(object):
+    """A curses window that keeps its rows as text."""
+
+    def __init__(self, rows, cols):
+        self.size = (rows, cols)
+        self.rows = [""] * rows
+        self.at = (0, 0)
+
+    def getmaxyx(self):
+        return self.size
+
+    def erase(self):
+        self.rows = [""] * self.size[0]
+
+    def addnstr(self, y, x, text, count, attr):
+        row = self.rows[y].ljust(x)
+        self.rows[y] = row[:x] + text[:count] + row[x + count:]
+        self.at = (y, x + count)
+
+    def move(self, y, x):
+        self.at = (y, x)
+
+    def clrtoeol(self):
+        y, x = self.at
+        self.rows[y] = self.rows[y][:x]
+
+    def getch(self):
+        return -1
+
+    def timeout(self, ms):
+        pass
+
+    def noutrefresh(self):
+        pass
+
+    def idlok(self, flag):
+        pass
+
+    def clearok(self, flag):
+        pass
+
+
+class FakeScreenCurses(object):
+    """The module-level curses calls the dashboard makes, without a terminal."""
+
+    class error(Exception):
+        pass
+
+    A_BOLD, A_DIM, A_REVERSE, KEY_RESIZE = 1 << 21, 1 << 20, 1 << 18, 410
+
+    def has_colors(self):
+        return False
+
+    def curs_set(self, visibility):
+        pass
+
+    def update_lines_cols(self):
+        pass
+
+    def doupdate(self):
+        pass
+
+
+class Pace(object):
+    caught_up = True
+
+    def run_clock(self, state):
+        return state.clock
+
+
+class NoResizes(object):
+    def take(self):
+        return False
+
+
+@pytest.mark.parametrize("style", ["classic", "megatron"])
+def test_a_new_step_in_the_log_redraws_the_header_with_it(style, monkeypatch):
+    """Lines come faster than the header's tick: each one that moves the step redraws the
+    header in the same frame, so the screen never shows the log a step ahead."""
+    clock = [100.0]
+    monkeypatch.setattr(lt.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lt, "terminal_gone", lambda fd: False)
+    screen = FakeScreen(40, 160)
+    renderer = lt.DashboardRenderer(FakeScreenCurses(), screen, lt.UNICODE_GLYPHS, False,
+                                    Pace(), NoResizes())
+    sc = lt.build_scenario(3, style=style)
+    plot = tell(lt, sc, style)
+    renderer.start_run(plot.state)
+    checked = 0
+    for item, delay in plot.lines():
+        plot.state.clock += delay
+        if item is None:
+            continue
+        clock[0] += lt.LOG_REFRESH_S  # each line arrives as the log is due, the header not
+        renderer.emit(item, plot.state, 1733855280.0 + plot.state.clock)
+        if re.search(LOG_STEPS[style], item.text):
+            shown = [found for found in (re.search(LOG_STEPS[style], text)
+                                         for text in screen.rows[renderer.layout.log_top:])
+                     if found]
+            assert header_count(screen.rows)[0] == int(shown[-1].group(1)), item.text
+            checked += 1
+    assert checked >= 20

@@ -227,9 +227,14 @@ def test_a_resumed_pretraining_window_shows_its_cooldown():
 
 #: What each GPU generation runs on: Blackwell needs driver 570+, CUDA 12.8+, PyTorch 2.7+
 #: (cu128 wheels) and NCCL 2.26+; Hopper and Ampere clusters keep the CUDA 12.4 stack.
+#: Each release also shows in where its loggers sit: torchrun's OMP_NUM_THREADS warning
+#: (torch 2.7 / 2.5), the Trainer's summary (transformers 4.53.2 / 4.46.3) and
+#: DeepSpeedConfig.print (DeepSpeed 0.17.5 / 0.16.5).
 BLACKWELL_STACK = ("2.7.1+cu128", "NCCL 2.26.2", "570.133.20", "CUDA Version: 12.8",
-                   "version=0.17.5")
-HOPPER_STACK = ("2.5.1+cu124", "2.21.5", "550.90.07", "CUDA Version: 12.4", "version=0.16.5")
+                   "version=0.17.5", "run.py:766]", "[INFO|trainer.py:2402]",
+                   "[config.py:958:print]")
+HOPPER_STACK = ("2.5.1+cu124", "2.21.5", "550.90.07", "CUDA Version: 12.4", "version=0.16.5",
+                "run.py:793]", "[INFO|trainer.py:2314]", "[config.py:1004:print]")
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -307,3 +312,19 @@ def test_local_ranks_have_pids_and_communicators_of_their_own(seed):
     # Rank 0's other NCCL lines carry the same pid and thread as its init line.
     pid0, tid0 = inits[0][0], inits[0][1]
     assert re.search(r"^\S+:%s:%s \[0\] NCCL INFO Channel" % (pid0, tid0), out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("style, first, last", [
+    ("megatron", "-- arguments --", "-------------------- end of arguments ---------------------"),
+    ("deepspeed", "DeepSpeedEngine configuration:", "}")])
+def test_a_configuration_dump_is_printed_at_one_instant(style, first, last):
+    """Megatron's _print_args and DeepSpeedConfig.print print their whole block in one
+    go: every line of it carries the same time."""
+    for seed in (1, 20):
+        sc = lt.build_scenario(seed, style=style)
+        _, shown = played(lt, sc, style)
+        texts = [item.text for _, item in shown]
+        start = next(i for i, text in enumerate(texts) if first in text)
+        end = texts.index(last, start)
+        assert end - start >= 10
+        assert len({clock for clock, _ in shown[start:end + 1]}) == 1, seed

@@ -7,6 +7,7 @@ from llmtrain's output; the numbers are checked against the run's scenario.
 """
 
 import ast
+import collections
 import json
 import math
 import re
@@ -80,7 +81,9 @@ def update_times(sc):
 # --- what every framework run shares: nvidia-smi, torchrun, NCCL ------------------------
 
 GLOG = re.compile(r"^W(\d{4}) (\d\d:\d\d:\d\d\.\d{6}) (\d+) "
-                  r"site-packages/torch/distributed/run\.py:793\] (.*)$")
+                  r"site-packages/torch/distributed/run\.py:(\d+)\] (.*)$")
+#: Where torch/distributed/run.py warns about OMP_NUM_THREADS in each torch release.
+TORCHRUN_WARNS_AT = {"2.5.1": 793, "2.7.1": 766}
 OMP = ("Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to "
        "avoid your system being overloaded, please further tune the variable for optimal "
        "performance in your application as needed.")
@@ -97,8 +100,10 @@ def test_every_framework_starts_as_torchrun_and_nccl_do(lt, style):
         out = texts(lines)
         glog = [GLOG.match(t) for t in out if GLOG.match(t)]
         if sc.per_node > 1:
-            assert [m.group(4) for m in glog] == ["", "*" * 41, OMP, "*" * 41]
+            assert [m.group(5) for m in glog] == ["", "*" * 41, OMP, "*" * 41]
             assert len(set(m.group(3) for m in glog)) == 1
+            release = lt.software_stack(sc)["torch"].split("+")[0]
+            assert {int(m.group(4)) for m in glog} == {TORCHRUN_WARNS_AT[release]}
         else:
             assert glog == []
         nccl = [NCCL.match(t) for t in out if NCCL.match(t)]
@@ -185,11 +190,14 @@ def test_time_slots_are_filled_in_each_framework_format(lt):
 
 HF_PREFIX = re.compile(r"^\[(INFO|WARNING|ERROR)\|([\w.]+\.py):(\d+)\] "
                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} >> (.*)$")
-HF_BLOCK = {2314: "***** Running training *****", 2315: "  Num examples = ",
-            2316: "  Num Epochs = ", 2317: "  Instantaneous batch size per device = ",
-            2320: "  Total train batch size (w. parallel, distributed & accumulation) = ",
-            2321: "  Gradient Accumulation steps = ", 2322: "  Total optimization steps = ",
-            2323: "  Number of trainable parameters = "}
+#: _inner_training_loop's summary, by line below its first (trainer.py of v4.46.3 and
+#: v4.53.2), and where that first line is in each release.
+HF_BLOCK = {0: "***** Running training *****", 1: "  Num examples = ",
+            2: "  Num Epochs = ", 3: "  Instantaneous batch size per device = ",
+            6: "  Total train batch size (w. parallel, distributed & accumulation) = ",
+            7: "  Gradient Accumulation steps = ", 8: "  Total optimization steps = ",
+            9: "  Number of trainable parameters = "}
+HF_TRAINING_AT = {"4.46.3": 2314, "4.53.2": 2402}
 TQDM = re.compile(r"^ *(\d+)%\|(.{10})\| (\d+)/(\d+) \[(\d+:\d\d(?::\d\d)?)<"
                   r"(\d+:\d\d(?::\d\d)?), ([ \d]\d+\.\d\d)(it/s|s/it)\]$")
 
@@ -201,22 +209,24 @@ def hf_number(text):
 def test_hf_training_block_has_the_real_step_arithmetic(lt):
     for sc, _, lines in runs(lt, "hf"):
         block = {}
+        at = HF_TRAINING_AT[lt.software_stack(sc)["transformers"]]
         for text in texts(lines):
             m = HF_PREFIX.match(text)
-            if m and m.group(2) == "trainer.py" and int(m.group(3)) in HF_BLOCK:
-                assert m.group(4).startswith(HF_BLOCK[int(m.group(3))])
-                block[int(m.group(3))] = m.group(4)[len(HF_BLOCK[int(m.group(3))]):]
+            if m and m.group(2) == "trainer.py" and int(m.group(3)) - at in HF_BLOCK:
+                expected = HF_BLOCK[int(m.group(3)) - at]
+                assert m.group(4).startswith(expected)
+                block[int(m.group(3)) - at] = m.group(4)[len(expected):]
         assert sorted(block) == sorted(HF_BLOCK)
-        examples = hf_number(block[2315])
-        per_device = hf_number(block[2317])
-        total_batch = hf_number(block[2320])
-        accumulation = int(block[2321])
-        assert "," not in block[2321]
+        examples = hf_number(block[1])
+        per_device = hf_number(block[3])
+        total_batch = hf_number(block[6])
+        accumulation = int(block[7])
+        assert "," not in block[7]
         world = total_batch // (per_device * accumulation)
         len_dataloader = int(math.ceil(examples / float(per_device * world)))
         updates_per_epoch = len_dataloader // accumulation
-        max_steps = int(math.ceil(hf_number(block[2316]) * updates_per_epoch))
-        assert hf_number(block[2322]) == max_steps == sc.total_steps
+        max_steps = int(math.ceil(hf_number(block[2]) * updates_per_epoch))
+        assert hf_number(block[8]) == max_steps == sc.total_steps
         assert total_batch == sc.global_batch
 
 
@@ -423,9 +433,12 @@ def test_deepspeed_prefix_config_steps_and_checkpoints(lt):
     for sc, state, lines in runs(lt, "deepspeed"):
         logged = [DS.match(t) for t in texts(lines) if DS.match(t)]
         where = [(m.group(2), int(m.group(3)), m.group(4)) for m in logged]
-        assert ("logging.py", 128, "log_dist") in where
-        assert all(w[:2] != ("logging.py", 96) for w in where)
-        dump = [m.group(5) for m in logged if m.group(2, 3) == ("config.py", "1005")]
+        version = lt.software_stack(sc)["deepspeed"]
+        assert ("logging.py", 107, "log_dist") in where  # log_dist's logger.log call
+        assert all(w[:2] != ("logging.py", 128) for w in where)
+        # DeepSpeedConfig.print's per-key line (v0.16.5 and v0.17.5 config.py).
+        item = {"0.16.5": "1004", "0.17.5": "958"}[version]
+        dump = [m.group(5) for m in logged if m.group(2, 3) == ("config.py", item)]
         names = []
         for text in dump:
             entry = re.match(r"^  (\w+) (\.*) ?(.*)$", text)
@@ -452,7 +465,9 @@ def test_deepspeed_prefix_config_steps_and_checkpoints(lt):
             taken, done = took[number]
             assert close(float(timer.group(5)), sc.global_batch * done / taken, 1e-6)
             assert float(timer.group(6)) <= float(timer.group(7)) < sc.gpu.capacity_gib
-        tags = [re.search(r"Checkpoint (global_step\d+) is ready now!$", m.group(5))
+        # 0.17's checkpoint engine announces a save when it begins and no longer when done.
+        said = {"0.16.5": "is ready now!", "0.17.5": "is begin to save!"}[version]
+        tags = [re.search(r"Checkpoint (global_step\d+) %s$" % said, m.group(5))
                 for m in logged]
         assert [t.group(1) for t in tags if t] == ["global_step%d" % s.last_step
                                                    for s in sc.segments if s.saves]
@@ -839,6 +854,21 @@ def test_a_resumed_fp16_run_shows_a_settled_loss_scale_in_every_voice(lt):
             r"reducing loss scale to (\d+\.\d)$", t) for t in out) if m]
         assert reduced == [start / 2 ** (i + 1) for i in range(len(reduced))]
     assert len(settled) >= 2, "the settled scale comes from the scenario's seed"
+
+
+def test_deepspeed_prints_the_user_config_through_its_scientific_notation_encoder(lt):
+    """DeepSpeedConfig.print_user_config: json.dumps with ScientificNotationEncoder, whose
+    iterencode keeps the file's key order, writes numbers above 1e3 as %e and joins the
+    entries of an object with ', ' before each newline (runtime/config_utils.py)."""
+    config = collections.OrderedDict([
+        ("train_batch_size", 1024), ("steps_per_print", 10),
+        ("optimizer", collections.OrderedDict([("type", "AdamW"), ("params", {"lr": 3e-4})])),
+        ("bf16", {"enabled": True}), ("betas", [0.9, 0.95])])
+    assert lt.deepspeed_json(config) == (
+        '{\n    "train_batch_size": 1.024000e+03, \n    "steps_per_print": 10, \n'
+        '    "optimizer": {\n        "type": "AdamW", \n        "params": {\n'
+        '            "lr": 0.0003\n        }\n    }, \n    "bf16": {\n'
+        '        "enabled": true\n    }, \n    "betas": [0.9, 0.95]\n}')
 
 
 def test_deepspeed_config_declares_the_schedule_the_run_follows(lt):
